@@ -1,0 +1,124 @@
+"""DocRED / Re-DocRED JSON: a list of {title, sents, vertexSet, labels?}.
+
+JSON-lines files (one such object per line) are read the same way, which is
+what bulk extraction inputs usually look like.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Callable, Iterable, Iterator
+
+from .document import Document, DocumentError, Entity, Fact, Mention, RelationInventory
+from .validate import validate_document
+
+
+def read_rel_info(text: str) -> RelationInventory:
+    """DocRED's rel_info.json maps Wikidata property ids to names."""
+    info = json.loads(text)
+    return RelationInventory(sorted(info, key=lambda p: int(p[1:]) if p[1:].isdigit() else p), dict(info))
+
+
+def _document(raw: dict, source: str, where: str, inventory: RelationInventory | None) -> Document:
+    def fail(problem: str):
+        raise DocumentError(source, where, problem)
+
+    if not isinstance(raw, dict):
+        fail(f"expected a JSON object, got {type(raw).__name__}")
+    for key in ("title", "sents", "vertexSet"):
+        if key not in raw:
+            fail(f"missing key {key!r}")
+    sents = raw["sents"]
+    if not isinstance(sents, list) or not all(isinstance(s, list) for s in sents):
+        fail("'sents' must be a list of token lists")
+    entities = []
+    for ei, vertex in enumerate(raw["vertexSet"]):
+        mentions = []
+        for m in vertex:
+            try:
+                start, end = m["pos"]
+                mentions.append(Mention(int(m["sent_id"]), int(start), int(end), str(m["name"])))
+            except (KeyError, TypeError, ValueError) as e:
+                fail(f"entity {ei}: malformed mention {m!r} ({e})")
+        etype = vertex[0].get("type", "") if vertex else ""
+        entities.append(Entity(mentions, etype))
+    facts = None
+    if "labels" in raw:
+        facts = []
+        for lab in raw["labels"]:
+            try:
+                facts.append(Fact(int(lab["h"]), int(lab["t"]), str(lab["r"]), [int(e) for e in lab.get("evidence", [])]))
+            except (KeyError, TypeError, ValueError) as e:
+                fail(f"malformed label {lab!r} ({e})")
+    doc = Document(id=str(raw["title"]), sentences=[[str(t) for t in s] for s in sents], entities=entities,
+                   facts=facts, title=str(raw["title"]))
+    return validate_document(doc, source, inventory, where)
+
+
+def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str, object]]:
+    """(where, raw object) for a JSON array, or streamed line by line for JSON lines."""
+    it = iter(lines.splitlines(keepends=True) if isinstance(lines, str) else lines)
+    first = ""
+    for first in it:
+        if first.strip():
+            break
+    if first.lstrip().startswith("["):  # one JSON array: must be parsed whole
+        text = first + "".join(it)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DocumentError(source, f"line {e.lineno}", f"invalid JSON: {e.msg}") from None
+        for i, raw in enumerate(data):
+            yield f"document {i}", raw
+        return
+    for n, line in enumerate(itertools.chain([first], it), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            err = DocumentError(source, f"line {n}", f"invalid JSON: {e.msg}")
+            if on_error is None:
+                raise err from None
+            on_error(err)
+
+
+def read_docred(lines: Iterable[str] | str, source: str, inventory: RelationInventory | None = None,
+                on_error: Callable[[DocumentError], None] | None = None) -> Iterator[Document]:
+    """Parse a DocRED JSON array or stream a JSON-lines file (a file object or a string).
+
+    Documents are identified by title (DocRED has no other id), so duplicate
+    titles are an error. With `on_error`, bad documents are handed to it and
+    skipped; otherwise the first one raises.
+    """
+    seen: set[str] = set()
+    for where, raw in _records(lines, source, on_error):
+        title = raw.get("title") if isinstance(raw, dict) else None
+        where = f"{where} ({title!r})" if title is not None else where
+        try:
+            doc = _document(raw, source, where, inventory)
+            if doc.id in seen:
+                raise DocumentError(source, where, f"duplicate document id {doc.id!r}")
+            seen.add(doc.id)
+            yield doc
+        except DocumentError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+
+
+def to_docred_dict(doc: Document) -> dict:
+    vertex_set = [[{"name": m.text, "pos": [m.start, m.end], "sent_id": m.sent_id, "type": e.type}
+                   for m in e.mentions] for e in doc.entities]
+    out = {"title": doc.title or doc.id, "sents": doc.sentences, "vertexSet": vertex_set}
+    if doc.facts is not None:
+        out["labels"] = [{"h": f.head, "t": f.tail, "r": f.relation, "evidence": f.evidence} for f in doc.facts]
+    return out
+
+
+def write_docred(docs: Iterable[Document], jsonl: bool = False) -> str:
+    """DocRED JSON array (or JSON lines); readers of the original format read it back."""
+    dicts = [to_docred_dict(d) for d in docs]
+    if jsonl:
+        return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dicts)
+    return json.dumps(dicts, ensure_ascii=False)

@@ -1,0 +1,571 @@
+"""Inference module of DocRE-II (paper Sec. 2.2) and its stage-2 training helpers (Sec. 2.3).
+
+Shapes used throughout (B documents, N = max entities in the batch, d = hidden size):
+
+* ``F``  feature matrix             ``[B, N, N, d]``  (pair features from the base module)
+* ``R``  relation matrix            ``[B, N, N, d]``  (relation embeddings)
+* ``M``  concatenation ``[F, R]``   ``[B, N, N, 2d]``
+* ``entity_mask`` ``[B, N]`` bool, True for real (non-padded) entities.
+* ``pair_mask``   ``[B, N, N]`` bool, True for an entity pair ``(s, o)`` with both entities real
+  and ``s != o`` (the diagonal is not an entity pair); see :func:`pair_mask_from_entities`.
+
+Logits are returned, never probabilities: the sigmoid of eq. 4/12 lives in the loss and decoder.
+Class 0 is the threshold / no-relation class (adaptive-threshold loss, eq. 13).
+
+Extended Cross Attention (eq. 5-7) is computed *axially*: every head is ordinary attention
+over a line of length N (one row or one column of the pair grid), batched over ``B * N`` lines,
+so memory grows as ``N^2 d`` for the activations plus ``4 B N^3`` scalar scores, and no per-pair
+copy of a row or column is ever gathered.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+__all__ = [
+    "InferenceConfig",
+    "pair_mask_from_entities",
+    "entity_mask_from_counts",
+    "ExtendedCrossAttention",
+    "FullPairAttention",
+    "FeedForward",
+    "InferenceLayer",
+    "InferenceModule",
+    "SimSiamPredictor",
+    "inject_noise",
+    "sample_noise_rate",
+    "simsiam_loss",
+    "simclr_loss",
+    "reversed_view",
+]
+
+NUM_ECA_HEADS = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and masks
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class InferenceConfig:
+    """Hyper-parameters of the inference module.
+
+    hidden:          d, the size of F0 (already projected by the base module) and of emb(.).
+    num_layers:      N_I, the number of stacked inference layers (paper best: 2).
+    ffn_dim:         inner size of FNN in eq. 10/11; ``None`` means ``2 * hidden``.
+    dropout:         dropout on attention-unit outputs and inside the FNNs.
+    num_relations:   number of classes including class 0 (threshold / no relation).
+    attention:       ``"eca"`` (eq. 5-7) or ``"full"`` (ablation "w/o ECA": plain 4-head
+                     self-attention of every valid pair over all valid pairs).
+    fusion:          eq. 8-9 gate; ``False`` is the ablation "w/o fusion", where
+                     F_{l+1} = LN(F + FNN_F(F~)) and R_{l+1} = LN(R + FNN_R(R~)).
+    shared_ffn:      the paper writes the same FNN(M~) in eq. 10 and 11; default uses two
+                     separate FNNs, ``True`` shares one.
+    relation_matrix: ``"argmax"`` (paper: emb(argmax p)) or ``"multihot"`` (public release: sum of
+                     the embeddings of every label whose logit beats class 0, emb(0) if none).
+    predictor_dim:   bottleneck of the SimSiam predictor (2d -> predictor_dim -> 2d);
+                     ``None`` means ``hidden``.
+    predictor_norm:  normalisation inside the predictor: ``"layer"`` (default), ``"batch"`` (the
+                     release's choice) or ``"none"``.
+    """
+
+    hidden: int = 256
+    num_layers: int = 2
+    ffn_dim: Optional[int] = None
+    dropout: float = 0.1
+    num_relations: int = 97
+    attention: Literal["eca", "full"] = "eca"
+    fusion: bool = True
+    shared_ffn: bool = False
+    relation_matrix: Literal["argmax", "multihot"] = "argmax"
+    predictor_dim: Optional[int] = None
+    predictor_norm: Literal["layer", "batch", "none"] = "layer"
+
+    def __post_init__(self) -> None:
+        if self.ffn_dim is None:
+            self.ffn_dim = 2 * self.hidden
+        if self.predictor_dim is None:
+            self.predictor_dim = self.hidden
+        if self.hidden % NUM_ECA_HEADS != 0:
+            raise ValueError(f"hidden={self.hidden} must be divisible by {NUM_ECA_HEADS} heads")
+        if self.attention not in ("eca", "full"):
+            raise ValueError(f"attention must be 'eca' or 'full', got {self.attention!r}")
+        if self.relation_matrix not in ("argmax", "multihot"):
+            raise ValueError(f"relation_matrix must be 'argmax' or 'multihot', got {self.relation_matrix!r}")
+        if self.predictor_norm not in ("layer", "batch", "none"):
+            raise ValueError(f"predictor_norm must be layer/batch/none, got {self.predictor_norm!r}")
+        if self.num_relations < 2:
+            raise ValueError("num_relations counts class 0 and needs at least one real relation")
+        if self.num_layers < 1:
+            raise ValueError("num_layers must be >= 1")
+
+
+def pair_mask_from_entities(entity_mask: Tensor) -> Tensor:
+    """``[B, N]`` entity mask -> ``[B, N, N]`` pair mask (both entities real, ``s != o``)."""
+    em = entity_mask.bool()
+    n = em.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=em.device)
+    return em[:, :, None] & em[:, None, :] & ~eye
+
+
+def entity_mask_from_counts(counts: Tensor | list[int], n: Optional[int] = None) -> Tensor:
+    """Entity counts per document -> ``[B, N]`` bool mask (N = max count unless given)."""
+    counts = torch.as_tensor(counts, dtype=torch.long)
+    n = int(counts.max().item()) if n is None else n
+    return torch.arange(n)[None, :] < counts[:, None]
+
+
+def _additive_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool key-validity -> additive float mask (0 valid, a large negative number otherwise).
+
+    A finite value (not -inf) keeps fully masked lines NaN-free (their softmax is uniform; their
+    outputs belong to padded queries and are zeroed afterwards)."""
+    neg = torch.finfo(dtype).min / 2
+    out = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return out.masked_fill(~valid, neg)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention units
+# ---------------------------------------------------------------------------------------------
+class ExtendedCrossAttention(nn.Module):
+    """Extended Cross Attention, eq. 5-7.
+
+    Input ``M = [F, R]`` of shape ``[B, N, N, in_dim]`` (in_dim = 2d), output ``[B, N, N, d]``.
+    Q, K, V are linear maps of M to d = 4 heads x d/4. For the pair ``(s, o)``:
+
+    * head 1 attends over row s     (keys ``M[s, j]``)   -- eq. 5 as written in the paper,
+    * head 2 attends over column o  (keys ``M[j, o]``),
+    * head 3 attends over column s  (keys ``M[j, s]``),
+    * head 4 attends over row o     (keys ``M[o, j]``),
+
+    with scaled dot-product attention (eq. 6), then ``Concat(head_1..head_4) W_O`` (eq. 7).
+
+    Axial implementation: each head is attention over ``B * N`` lines ("groups") of length N.
+    With g the group index, i the query position and j the key position on the line:
+
+    ======  ===========  ==========  ===================
+    head    query cell   key cell    group = ...
+    ======  ===========  ==========  ===================
+    1       (g, i)       (g, j)      s (row-grouped)
+    2       (i, g)       (j, g)      o (transposed grid)
+    3       (g, i)       (j, g)      s, keys transposed
+    4       (i, g)       (g, j)      o, queries transposed
+    ======  ===========  ==========  ===================
+
+    In every head key j is valid iff ``j < n_entities(b)`` and ``j != g`` (the diagonal cell
+    (g, g) is not an entity pair), so a single ``[B*N, 1, 1, N]`` mask serves all four heads.
+    Outputs of queries that are not valid pairs (padding and the diagonal) are set to zero.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden % NUM_ECA_HEADS != 0:
+            raise ValueError(f"hidden={hidden} must be divisible by {NUM_ECA_HEADS}")
+        self.hidden = hidden
+        self.head_dim = hidden // NUM_ECA_HEADS
+        self.q_proj = nn.Linear(in_dim, hidden)
+        self.k_proj = nn.Linear(in_dim, hidden)
+        self.v_proj = nn.Linear(in_dim, hidden)
+        self.o_proj = nn.Linear(hidden, hidden)  # W_O of eq. 7
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def _arrange(x: Tensor, keys: bool) -> Tensor:
+        """``[B, N, N, 4, dh]`` projection -> ``[B*N, 4, N, dh]`` line layout (see class table)."""
+        b, n = x.shape[0], x.shape[1]
+        t = x.transpose(1, 2)  # t[b, g, i] = x[b, i, g]
+        if keys:  # heads 1..4 take keys from rows s / columns o / columns s / rows o
+            parts = [x[..., 0, :], t[..., 1, :], t[..., 2, :], x[..., 3, :]]
+        else:  # queries: heads 1,3 grouped by s (as is), heads 2,4 grouped by o (transposed)
+            parts = [x[..., 0, :], t[..., 1, :], x[..., 2, :], t[..., 3, :]]
+        out = torch.stack(parts, dim=2)  # [B, N(g), 4, N(pos), dh]
+        return out.reshape(b * n, NUM_ECA_HEADS, n, x.shape[-1])
+
+    def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False):
+        """Eq. 5-7. Returns ``[B, N, N, d]`` (and, when ``return_weights``, a dense
+        ``[B, 4, N*N, N*N]`` map: weight of query cell ``s*N+o`` on key cell ``s'*N+o'`` per head;
+        this path materialises the scores explicitly and is meant for small N only)."""
+        b, n = m.shape[0], m.shape[1]
+        dh = self.head_dim
+        q = self._arrange(self.q_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
+        k = self._arrange(self.k_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
+        v = self._arrange(self.v_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
+
+        em = entity_mask.bool()
+        eye = torch.eye(n, dtype=torch.bool, device=m.device)
+        key_valid = em[:, None, :] & ~eye[None]  # [B, N(g), N(j)]
+        add_mask = _additive_mask(key_valid, q.dtype).reshape(b * n, 1, 1, n)
+
+        weights = None
+        if return_weights:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dh) + add_mask
+            weights = scores.softmax(dim=-1)  # [B*N, 4, N(i), N(j)]
+            out = weights @ v
+        else:
+            out = Fn.scaled_dot_product_attention(q, k, v, attn_mask=add_mask)
+
+        out = out.view(b, n, NUM_ECA_HEADS, n, dh)  # [B, g, head, i, dh]
+        heads = [
+            out[:, :, 0],  # grouped by s, positions o
+            out[:, :, 1].transpose(1, 2),  # grouped by o -> back to [s, o]
+            out[:, :, 2],
+            out[:, :, 3].transpose(1, 2),
+        ]
+        merged = torch.cat(heads, dim=-1)  # [B, N, N, d]  (Concat of eq. 7)
+        pair_mask = pair_mask_from_entities(em)
+        merged = merged * pair_mask[..., None].to(merged.dtype)
+        y = self.dropout(self.o_proj(merged)) * pair_mask[..., None].to(merged.dtype)
+        if not return_weights:
+            return y
+        return y, self._dense_weights(weights.view(b, n, NUM_ECA_HEADS, n, n), pair_mask)
+
+    @staticmethod
+    def _dense_weights(w: Tensor, pair_mask: Tensor) -> Tensor:
+        """Scatter per-line weights ``[B, g, 4, i, j]`` to a dense ``[B, 4, N*N, N*N]`` cell map."""
+        b, n = w.shape[0], w.shape[1]
+        g, i, j = torch.meshgrid(
+            *(torch.arange(n, device=w.device) for _ in range(3)), indexing="ij"
+        )
+        cells = [
+            (g * n + i, g * n + j),  # head 1: (g,i) -> (g,j)
+            (i * n + g, j * n + g),  # head 2: (i,g) -> (j,g)
+            (g * n + i, j * n + g),  # head 3: (g,i) -> (j,g)
+            (i * n + g, g * n + j),  # head 4: (i,g) -> (g,j)
+        ]
+        dense = w.new_zeros(b, NUM_ECA_HEADS, n * n, n * n)
+        for h, (qc, kc) in enumerate(cells):
+            dense[:, h, qc.reshape(-1), kc.reshape(-1)] = w[:, :, h].reshape(b, -1)
+        return dense * pair_mask.reshape(b, 1, n * n, 1).to(dense.dtype)
+
+
+class FullPairAttention(nn.Module):
+    """Ablation "w/o ECA": standard 4-head self-attention (eq. 6-7 without the row/column
+    restriction) in which every valid pair attends to every valid pair of its document.
+
+    Same interface as :class:`ExtendedCrossAttention`; scores are ``[B, 4, N^2, N^2]``, so this
+    variant costs N^4 memory and is meant for the ablation only."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden % NUM_ECA_HEADS != 0:
+            raise ValueError(f"hidden={hidden} must be divisible by {NUM_ECA_HEADS}")
+        self.hidden = hidden
+        self.head_dim = hidden // NUM_ECA_HEADS
+        self.q_proj = nn.Linear(in_dim, hidden)
+        self.k_proj = nn.Linear(in_dim, hidden)
+        self.v_proj = nn.Linear(in_dim, hidden)
+        self.o_proj = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False):
+        """Returns ``[B, N, N, d]`` (and dense ``[B, 4, N*N, N*N]`` weights when asked)."""
+        b, n = m.shape[0], m.shape[1]
+        dh = self.head_dim
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(b, n * n, NUM_ECA_HEADS, dh).transpose(1, 2)  # [B, 4, N^2, dh]
+
+        q, k, v = heads(self.q_proj(m)), heads(self.k_proj(m)), heads(self.v_proj(m))
+        pair_mask = pair_mask_from_entities(entity_mask)
+        add_mask = _additive_mask(pair_mask.reshape(b, 1, 1, n * n), q.dtype)
+        weights = None
+        if return_weights:
+            weights = (q @ k.transpose(-1, -2) / math.sqrt(dh) + add_mask).softmax(-1)
+            out = weights @ v
+        else:
+            out = Fn.scaled_dot_product_attention(q, k, v, attn_mask=add_mask)
+        out = out.transpose(1, 2).reshape(b, n, n, self.hidden)
+        pm = pair_mask[..., None].to(out.dtype)
+        y = self.dropout(self.o_proj(out * pm)) * pm
+        if not return_weights:
+            return y
+        return y, weights * pair_mask.reshape(b, 1, n * n, 1).to(weights.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference layer
+# ---------------------------------------------------------------------------------------------
+class FeedForward(nn.Module):
+    """FNN of eq. 10/11: Linear(d, ffn) -> ReLU -> Dropout -> Linear(ffn, d) -> Dropout."""
+
+    def __init__(self, hidden: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden, ffn_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_dim, hidden),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class InferenceLayer(nn.Module):
+    """One inference layer, eq. 5-11.
+
+    Two attention units (feature-level and relation-level), both reading ``M_l = [F_l, R_l]``
+    (eq. 5-7), give F~ and R~; the fusion sub-layer (eq. 8-9) gates them into M~; the residual
+    updates of eq. 10-11 produce ``F_{l+1}`` and ``R_{l+1}``."""
+
+    def __init__(self, cfg: InferenceConfig):
+        super().__init__()
+        d = cfg.hidden
+        attn_cls = ExtendedCrossAttention if cfg.attention == "eca" else FullPairAttention
+        self.feature_attn = attn_cls(2 * d, d, cfg.dropout)
+        self.relation_attn = attn_cls(2 * d, d, cfg.dropout)
+        self.use_fusion = cfg.fusion
+        self.gate = nn.Linear(2 * d, d) if cfg.fusion else None  # W_g, b_g of eq. 8
+        self.ffn_f = FeedForward(d, cfg.ffn_dim, cfg.dropout)
+        self.ffn_r = self.ffn_f if cfg.shared_ffn else FeedForward(d, cfg.ffn_dim, cfg.dropout)
+        self.norm_f = nn.LayerNorm(d)
+        self.norm_r = nn.LayerNorm(d)
+
+    def fuse(self, f_tilde: Tensor, r_tilde: Tensor) -> Tensor:
+        """Fusion sub-layer, eq. 8-9: ``s = sigmoid([F~, R~] W_g + b_g)``,
+        ``M~ = s * F~ + (1 - s) * R~`` (element-wise gate of size d)."""
+        s = torch.sigmoid(self.gate(torch.cat([f_tilde, r_tilde], dim=-1)))
+        return s * f_tilde + (1.0 - s) * r_tilde
+
+    def update(self, f: Tensor, r: Tensor, f_tilde: Tensor, r_tilde: Tensor) -> tuple[Tensor, Tensor]:
+        """Residual + LayerNorm updates, eq. 10 ``F_{l+1} = LN(F_l + FNN(M~))`` and eq. 11
+        ``R_{l+1} = LN(R_l + FNN(M~))``. Without fusion each stream uses its own F~ / R~."""
+        if self.use_fusion:
+            m_tilde = self.fuse(f_tilde, r_tilde)
+            f_in, r_in = m_tilde, m_tilde
+        else:
+            f_in, r_in = f_tilde, r_tilde
+        f_next = self.norm_f(f + self.ffn_f(f_in))
+        r_next = self.norm_r(r + self.ffn_r(r_in))
+        return f_next, r_next
+
+    def forward(self, f: Tensor, r: Tensor, entity_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 5-11: ``(F_l, R_l) -> (F_{l+1}, R_{l+1})``."""
+        m = torch.cat([f, r], dim=-1)  # M_l = [F_l, R_l]
+        f_tilde = self.feature_attn(m, entity_mask)  # eq. 5-7, feature-level ECA
+        r_tilde = self.relation_attn(m, entity_mask)  # eq. 5-7, relation-level ECA
+        return self.update(f, r, f_tilde, r_tilde)
+
+
+# ---------------------------------------------------------------------------------------------
+# SimSiam predictor
+# ---------------------------------------------------------------------------------------------
+class SimSiamPredictor(nn.Module):
+    """MLP predictor of eq. 14: Linear(2d, p) -> norm -> ReLU -> Linear(p, 2d).
+
+    Works on any ``[..., 2d]`` input; with ``norm="batch"`` the input must be ``[P, 2d]``
+    (which is what :func:`simsiam_loss` passes: the valid pairs only)."""
+
+    def __init__(self, dim: int, bottleneck: int, norm: Literal["layer", "batch", "none"] = "layer"):
+        super().__init__()
+        if norm == "layer":
+            norm_layer: nn.Module = nn.LayerNorm(bottleneck)
+        elif norm == "batch":
+            norm_layer = nn.BatchNorm1d(bottleneck)
+        else:
+            norm_layer = nn.Identity()
+        self.net = nn.Sequential(
+            nn.Linear(dim, bottleneck), norm_layer, nn.ReLU(), nn.Linear(bottleneck, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# whole module
+# ---------------------------------------------------------------------------------------------
+class InferenceModule(nn.Module):
+    """N_I inference layers + classifier (eq. 12), with the relation matrix construction and the
+    test-time iteration of Sec. 2.2.
+
+    Attributes: ``emb`` (num_relations x d relation embeddings), ``layers``, ``classifier``
+    (W_c, b_c of eq. 12) and ``predictor`` (the SimSiam MLP of eq. 14, unused by ``forward``)."""
+
+    def __init__(self, cfg: InferenceConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        self.emb = nn.Embedding(cfg.num_relations, d)
+        self.layers = nn.ModuleList(InferenceLayer(cfg) for _ in range(cfg.num_layers))
+        self.classifier = nn.Linear(2 * d, cfg.num_relations)
+        self.predictor = SimSiamPredictor(2 * d, cfg.predictor_dim, cfg.predictor_norm)
+
+    @staticmethod
+    def _pair_mask(mask: Tensor) -> Tensor:
+        return pair_mask_from_entities(mask) if mask.dim() == 2 else mask.bool()
+
+    def relation_matrix(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Relation matrix ``R_0 = [emb(.)]_{N x N}`` (Sec. 2.2, before eq. 5 and after eq. 12).
+
+        ``x`` may be
+        * float logits ``[B, N, N, C]``: ``"argmax"`` -> ``emb(argmax_c logits)``;
+          ``"multihot"`` -> sum of ``emb(c)`` over every ``c >= 1`` whose logit exceeds class 0's,
+          or ``emb(0)`` when there is none;
+        * long label ids ``[B, N, N]``: ``emb(id)`` (one label is its own multi-hot set);
+        * bool multi-hot label sets ``[B, N, N, C]``: ``"multihot"`` -> sum of the embeddings of the
+          set (``emb(0)`` if it has no label >= 1); ``"argmax"`` -> ``emb`` of the smallest
+          label >= 1 in the set (``emb(0)`` if none).
+
+        ``mask`` (entity ``[B, N]`` or pair ``[B, N, N]``) zeroes the entries of non-pairs.
+        The result carries no gradient to the logits (argmax / thresholding are discrete)."""
+        c = self.cfg.num_relations
+        if x.dtype == torch.bool:
+            labels = x.clone()
+            none = ~labels[..., 1:].any(-1)
+            labels[..., 0] = none
+            if self.cfg.relation_matrix == "argmax":
+                r = self.emb(labels.long().argmax(-1) * (~none).long() + labels[..., 0].long() * 0)
+                r = self.emb(torch.where(none, torch.zeros_like(none, dtype=torch.long),
+                                         labels[..., 1:].long().argmax(-1) + 1))
+            else:
+                r = labels.to(self.emb.weight.dtype) @ self.emb.weight
+        elif not torch.is_floating_point(x):
+            r = self.emb(x.long())
+        else:
+            if x.shape[-1] != c:
+                raise ValueError(f"logits have {x.shape[-1]} classes, config says {c}")
+            logits = x.detach()
+            if self.cfg.relation_matrix == "argmax":
+                r = self.emb(logits.argmax(-1))
+            else:
+                pos = logits[..., 1:] > logits[..., :1]
+                hot = torch.cat([~pos.any(-1, keepdim=True), pos], dim=-1)
+                r = hot.to(self.emb.weight.dtype) @ self.emb.weight
+        if mask is not None:
+            r = r * self._pair_mask(mask)[..., None].to(r.dtype)
+        return r
+
+    def classify(self, f: Tensor, r: Tensor) -> Tensor:
+        """Classifier, eq. 12: logits ``W_c [F_NI, R_NI] + b_c`` (sigmoid left to loss/decoder)."""
+        return self.classifier(torch.cat([f, r], dim=-1))
+
+    def forward(self, f: Tensor, r: Tensor, entity_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass (one iteration k): N_I layers (eq. 5-11) then eq. 12.
+
+        Returns ``(logits [B, N, N, num_relations], M_top = [F_NI, R_NI] [B, N, N, 2d])``."""
+        for layer in self.layers:
+            f, r = layer(f, r, entity_mask)
+        return self.classify(f, r), torch.cat([f, r], dim=-1)
+
+    def iterate(self, f0: Tensor, base_logits: Tensor, entity_mask: Tensor, k: int) -> list[Tensor]:
+        """Test-time iterative inference (Sec. 2.2): ``R_0^(0)`` from the base module's logits,
+        then for k = 0..K-1: ``P^(k+1) = module(F_0, R_0^(k))`` and ``R_0^(k+1) = emb(P^(k+1))``.
+
+        ``F_0`` is the same tensor at every iteration. Returns the logits of iterations 1..K
+        (``[]`` for K = 0); the paper's output is the last one, the release sums base + all."""
+        outputs: list[Tensor] = []
+        prev = base_logits
+        for _ in range(k):
+            r0 = self.relation_matrix(prev, entity_mask)
+            logits, _ = self(f0, r0, entity_mask)
+            outputs.append(logits)
+            prev = logits
+        return outputs
+
+
+def reversed_view(module: InferenceModule, f0: Tensor, r_hat: Tensor, mask: Tensor) -> Tensor:
+    """Second SimSiam view of Sec. 2.3 / Fig. 4: the inputs are fed in reversed order,
+    ``module(R_hat, F_0)`` -- ``R_hat`` goes into the feature slot, ``F_0`` into the relation slot.
+
+    The top layer then yields ``[X_f, X_r]`` with ``X_f`` the feature-slot stream (derived from
+    ``R_hat``) and ``X_r`` the relation-slot stream (derived from ``F_0``). Eq. 14 pairs
+    ``M_bar = [F_NI, R_bar_NI]`` with ``M_hat = [F_NI, R_hat_NI]``, so we return the halves
+    swapped, ``M_hat = [X_r, X_f]``: first half from the F_0 input, second half from the relation
+    input, aligning component-wise with ``M_bar`` of the normal view ``module(F_0, R_bar)``.
+    ``mask`` is the entity mask ``[B, N]``."""
+    _, m_top = module(r_hat, f0, mask)
+    d = m_top.shape[-1] // 2
+    return torch.cat([m_top[..., d:], m_top[..., :d]], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# noise (Sec. 2.3)
+# ---------------------------------------------------------------------------------------------
+def sample_noise_rate(generator: Optional[torch.Generator] = None, low: float = 0.0, high: float = 0.4) -> float:
+    """Noise rate r ~ U(low, high) (Sec. 2.3; paper U(0, 0.4))."""
+    u = torch.rand((), generator=generator).item()
+    return low + (high - low) * u
+
+
+def noise_count(rate: float, n_valid: int) -> int:
+    """Number of entries :func:`inject_noise` corrupts: ``round(rate * n_valid)``, halves up."""
+    return min(n_valid, int(math.floor(rate * n_valid + 0.5)))
+
+
+def inject_noise(
+    labels: Tensor,
+    rate: float,
+    pair_mask: Tensor,
+    num_relations: int,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Noise injection of Sec. 2.3: in every document replace ``round(rate * n_valid)`` randomly
+    chosen valid entries of the ``[B, N, N]`` label-id matrix with a wrong relation id drawn
+    uniformly from the other ``num_relations - 1`` classes. Padded / diagonal entries are never
+    touched. Returns a new tensor; random draws happen on the CPU (``generator`` must be a CPU
+    generator)."""
+    if num_relations < 2:
+        raise ValueError("need at least two classes to draw a wrong label")
+    out = labels.clone()
+    for b in range(labels.shape[0]):
+        idx = pair_mask[b].reshape(-1).nonzero().squeeze(-1).cpu()
+        count = noise_count(rate, idx.numel())
+        if count == 0:
+            continue
+        chosen = idx[torch.randperm(idx.numel(), generator=generator)[:count]]
+        flat = out[b].view(-1)
+        old = flat[chosen.to(flat.device)].cpu()
+        draw = torch.randint(0, num_relations - 1, (count,), generator=generator)
+        new = draw + (draw >= old).long()  # skip the current label -> uniform over the others
+        flat[chosen.to(flat.device)] = new.to(flat.device, flat.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive losses (Sec. 2.3, eq. 14, and the SimCLR ablation)
+# ---------------------------------------------------------------------------------------------
+def simsiam_loss(
+    predictor: Callable[[Tensor], Tensor], m_bar: Tensor, m_hat: Tensor, pair_mask: Tensor
+) -> Tensor:
+    """Contrastive loss L_C, eq. 14 (SimSiam):
+    ``2 - (cos(MLP(M_hat), SG(M_bar)) + cos(MLP(M_bar), SG(M_hat)))``, averaged over valid pairs.
+
+    ``m_bar`` / ``m_hat``: ``[B, N, N, 2d]`` top-layer outputs of the two views (see
+    :func:`reversed_view`); only the entries where ``pair_mask`` is True are used."""
+    pm = pair_mask.bool()
+    a, b = m_bar[pm], m_hat[pm]  # [P, 2d]
+    if a.shape[0] == 0:
+        return (m_bar.sum() + m_hat.sum()) * 0.0
+    cos_1 = Fn.cosine_similarity(predictor(b), a.detach(), dim=-1)
+    cos_2 = Fn.cosine_similarity(predictor(a), b.detach(), dim=-1)
+    return (2.0 - (cos_1 + cos_2)).mean()
+
+
+def simclr_loss(z1: Tensor, z2: Tensor, pair_mask: Tensor, temperature: float = 0.1) -> Tensor:
+    """Ablation "w/ negative pairs" (SimCLR NT-Xent): for every valid pair, its representation in
+    the other view is the positive, every other valid pair of the same document (in both views)
+    is a negative. Averaged over all 2P anchors of the batch."""
+    pm = pair_mask.bool()
+    total = z1.new_zeros(())
+    anchors = 0
+    for b in range(z1.shape[0]):
+        a, c = z1[b][pm[b]], z2[b][pm[b]]
+        p = a.shape[0]
+        if p == 0:
+            continue
+        z = Fn.normalize(torch.cat([a, c], dim=0), dim=-1)  # [2P, D]
+        sim = z @ z.t() / temperature
+        sim = sim.masked_fill(torch.eye(2 * p, dtype=torch.bool, device=z.device), float("-inf"))
+        target = torch.cat([torch.arange(p, 2 * p), torch.arange(0, p)]).to(z.device)
+        total = total + Fn.cross_entropy(sim, target, reduction="sum")
+        anchors += 2 * p
+    if anchors == 0:
+        return (z1.sum() + z2.sum()) * 0.0
+    return total / anchors
