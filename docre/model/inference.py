@@ -38,6 +38,7 @@ __all__ = [
     "InferenceModule",
     "SimSiamPredictor",
     "inject_noise",
+    "noise_count",
     "sample_noise_rate",
     "simsiam_loss",
     "simclr_loss",
@@ -417,15 +418,16 @@ class InferenceModule(nn.Module):
         The result carries no gradient to the logits (argmax / thresholding are discrete)."""
         c = self.cfg.num_relations
         if x.dtype == torch.bool:
-            labels = x.clone()
-            none = ~labels[..., 1:].any(-1)
-            labels[..., 0] = none
+            if x.shape[-1] != c:
+                raise ValueError(f"label sets have {x.shape[-1]} classes, config says {c}")
+            pos = x[..., 1:]
+            none = ~pos.any(-1)
             if self.cfg.relation_matrix == "argmax":
-                r = self.emb(labels.long().argmax(-1) * (~none).long() + labels[..., 0].long() * 0)
-                r = self.emb(torch.where(none, torch.zeros_like(none, dtype=torch.long),
-                                         labels[..., 1:].long().argmax(-1) + 1))
+                first = pos.long().argmax(-1) + 1  # argmax returns the first maximal index
+                r = self.emb(torch.where(none, torch.zeros_like(first), first))
             else:
-                r = labels.to(self.emb.weight.dtype) @ self.emb.weight
+                hot = torch.cat([none[..., None], pos], dim=-1)
+                r = hot.to(self.emb.weight.dtype) @ self.emb.weight
         elif not torch.is_floating_point(x):
             r = self.emb(x.long())
         else:

@@ -1,0 +1,285 @@
+"""DocRE-II: the base module, the inference module on top, their losses, checkpoints and prediction.
+
+Data path: Document -> `encode_document` (Parquet row) -> `collate` (Batch) ->
+`DocREModel` -> logits per iteration -> `Triple`s.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+from torch import nn
+
+from ..data.batch import Batch, Example, bucketed_batches, collate
+from ..data.document import Document, RelationInventory
+from .base import BaseModule, BaseOutput
+from .encoder import WindowedEncoder, load_encoder
+from .inference import (InferenceConfig, InferenceModule, inject_noise, pair_mask_from_entities,
+                        reversed_view, sample_noise_rate, simclr_loss, simsiam_loss)
+from .losses import adaptive_threshold_loss, threshold_decode
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; saved as config.json next to the weights.
+
+    Defaults follow the paper; `output="sum"`, `relation_source="gold"` and
+    `inference.relation_matrix="multihot"` are the authors' release variants,
+    and `contrastive`, `inference.attention`, `inference.fusion` are ablations.
+    """
+    encoder: str | None = None  # Hugging Face id or path; None = offline MiniLM
+    num_relations: int = 2
+    feature_dim: int = 256  # d: size of F_0, R and the inference module
+    emb_dim: int | None = None  # size of W_s / W_o outputs (eq. 2-3); None = encoder hidden size
+    dropout: float = 0.1
+    max_labels: int = 4  # cap on relations predicted per pair
+    iterations: int = 3  # K at prediction time
+    output: Literal["last", "sum"] = "last"  # paper: P^(K); release: sum of base + all iteration logits
+    relation_source: Literal["predicted", "gold"] = "predicted"  # stage-2 R_0: base argmax (paper) / gold (release)
+    noise_low: float = 0.0
+    noise_high: float = 0.4  # r ~ U(noise_low, noise_high)
+    contrastive: Literal["simsiam", "simclr", "none"] = "simsiam"
+    contrastive_weight: float = 1.0
+    stage2_base_loss: bool = True  # keep the adaptive-threshold loss on the base logits in stage 2
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inference, dict):
+            self.inference = InferenceConfig(**self.inference)
+        self.inference.hidden = self.feature_dim
+        self.inference.num_relations = self.num_relations
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(ModelConfig)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return ModelConfig(**d)
+
+
+@dataclass
+class Triple:
+    """One extracted fact, with names so it is readable without the source document."""
+    doc_id: str
+    head: int
+    tail: int
+    relation: str
+    relation_name: str
+    score: float  # sigmoid(logit_r - logit_TH): above 0.5 exactly when predicted
+    iteration: int  # first iteration (0 = base module) from which this fact was predicted through K
+    head_id: str | None = None
+    tail_id: str | None = None
+    head_name: str = ""
+    tail_name: str = ""
+    head_type: str = ""
+    tail_type: str = ""
+
+
+def restrict_to_candidates(logits: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
+    """Non-candidate pairs (padding, the diagonal, type-filtered pairs) are forced to 'no relation'."""
+    forced = torch.full_like(logits, -1e4)
+    forced[..., 0] = 1e4
+    return torch.where(candidate_mask[..., None], logits, forced)
+
+
+class DocREModel(nn.Module):
+    def __init__(self, config: ModelConfig, encoder: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        windowed = WindowedEncoder(encoder, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                   tokenizer.pad_token_id or 0)
+        self.base = BaseModule(windowed, config.num_relations, config.feature_dim, config.emb_dim, config.dropout)
+        self.inference = InferenceModule(config.inference)
+        self.inventory: RelationInventory | None = None
+
+    # ----------------------------------------------------------------- construction / checkpoints
+    @staticmethod
+    def create(config: ModelConfig, inventory: RelationInventory, pretrained: bool = True) -> "DocREModel":
+        from ..pretrained import load_tokenizer
+        config.num_relations = len(inventory)
+        config.__post_init__()
+        model = DocREModel(config, load_encoder(config.encoder, config_only=not pretrained),
+                           load_tokenizer(config.encoder))
+        model.inventory = inventory
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """A directory: model.safetensors, config.json, relations.json, encoder/ config, tokenizer/ files."""
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt", "docre": "1"})
+        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        (path / "relations.json").write_text(self.inventory.to_json() if self.inventory else "{}")
+        self.base.encoder.model.config.save_pretrained(path / "encoder")
+        self.tokenizer.save_pretrained(path / "tokenizer")
+
+    @staticmethod
+    def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> "DocREModel":
+        """Load a checkpoint directory; weights come from safetensors only, nothing is unpickled."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        path = Path(path)
+        config = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(path / "encoder"))
+        tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", use_fast=True)
+        tokenizer.model_max_length = 1 << 30
+        model = DocREModel(config, encoder, tokenizer)
+        missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+        model.inventory = RelationInventory.from_json((path / "relations.json").read_text())
+        return model.to(device).eval()
+
+    # ----------------------------------------------------------------- forward passes
+    def run_base(self, batch: Batch) -> BaseOutput:
+        return self.base(batch.input_ids, batch.attention_mask, batch.mention_pos)
+
+    def stage1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """Stage 1 (Sec. 2.3): the base module alone, adaptive-threshold loss on candidate pairs."""
+        out = self.run_base(batch)
+        cand = batch.candidate_mask
+        loss = adaptive_threshold_loss(out.logits[cand], batch.labels[cand])
+        return loss, {"loss_base": loss.item()}
+
+    def relation_ids(self, out: BaseOutput, batch: Batch) -> torch.Tensor:
+        """Label ids [B, N, N] that R_0 is built from in stage 2 (argmax of the base, or gold)."""
+        if self.config.relation_source == "gold":
+            ids = batch.labels.argmax(-1)  # first positive label; 0 when none
+        else:
+            ids = restrict_to_candidates(out.logits.detach(), batch.candidate_mask).argmax(-1)
+        return ids.masked_fill(~batch.candidate_mask, 0)
+
+    def stage2_loss(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Stage 2 (Sec. 2.3): one-pass correction of noised base predictions + contrastive loss (eq. 14)."""
+        cfg = self.config
+        out = self.run_base(batch)
+        cand, labels, emask = batch.candidate_mask, batch.labels, out.entity_mask
+        ids = self.relation_ids(out, batch)
+        f0 = out.features
+        r_bar_ids = inject_noise(ids, sample_noise_rate(generator, cfg.noise_low, cfg.noise_high), cand,
+                                 cfg.num_relations, generator)
+        r_bar = self.inference.relation_matrix(r_bar_ids, emask)
+        logits_bar, m_bar = self.inference(f0, r_bar, emask)
+        loss_inf = adaptive_threshold_loss(logits_bar[cand], labels[cand])
+        parts = {"loss_inference": loss_inf.item()}
+        loss = loss_inf
+        if cfg.stage2_base_loss:
+            loss_base = adaptive_threshold_loss(out.logits[cand], labels[cand])
+            loss = loss + loss_base
+            parts["loss_base"] = loss_base.item()
+        if cfg.contrastive != "none":
+            r_hat_ids = inject_noise(ids, sample_noise_rate(generator, cfg.noise_low, cfg.noise_high), cand,
+                                     cfg.num_relations, generator)
+            r_hat = self.inference.relation_matrix(r_hat_ids, emask)
+            m_hat = reversed_view(self.inference, f0, r_hat, emask)
+            pair_mask = pair_mask_from_entities(emask)
+            if cfg.contrastive == "simsiam":
+                loss_c = simsiam_loss(self.inference.predictor, m_bar, m_hat, pair_mask)
+            else:
+                loss_c = simclr_loss(m_bar, m_hat, pair_mask)
+            loss = loss + cfg.contrastive_weight * loss_c
+            parts["loss_contrastive"] = loss_c.item()
+        return loss, parts
+
+    @torch.no_grad()
+    def iteration_logits(self, batch: Batch, iterations: int | None = None) -> list[torch.Tensor]:
+        """[base logits, P^(1), ..., P^(K)], each restricted to candidate pairs.
+
+        Each iteration rebuilds R_0^(k) from the previous iteration's predictions
+        while F_0 stays the base module's output (Sec. 2.2).
+        """
+        K = self.config.iterations if iterations is None else iterations
+        out = self.run_base(batch)
+        cand = batch.candidate_mask
+        steps = [restrict_to_candidates(out.logits, cand)]
+        for _ in range(K):
+            r0 = self.inference.relation_matrix(steps[-1], out.entity_mask)
+            logits, _ = self.inference(out.features, r0, out.entity_mask)
+            steps.append(restrict_to_candidates(logits, cand))
+        return steps
+
+    def final_logits(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        if self.config.output == "sum" and len(steps) > 1:
+            return torch.stack(steps).sum(0)
+        return steps[-1]
+
+    # ----------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predict_examples(self, examples: list[Example], iterations: int | None = None, batch_size: int = 8,
+                         max_tokens: int | None = 8192, progress: bool = False) -> dict[str, list[list[tuple]]]:
+        """doc_id -> per K (0..K) a list of (head, tail, relation index, score) decisions."""
+        self.eval()
+        device = next(self.parameters()).device
+        K = self.config.iterations if iterations is None else iterations
+        results: dict[str, list[list[tuple]]] = {}
+        batches = bucketed_batches(examples, batch_size, shuffle=False, max_tokens=max_tokens)
+        if progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, desc="predict", unit="batch")
+        for chunk in batches:
+            batch = collate(chunk, self.inventory, self.tokenizer.pad_token_id or 0).to(device)
+            with _autocast(device):
+                steps = self.iteration_logits(batch, K)
+            per_k = []
+            for k in range(K + 1):
+                logits = (self.final_logits(steps[:k + 1]) if k > 0 else steps[0]).float()
+                per_k.append(self._decode(logits, batch.candidate_mask))
+            for b, doc_id in enumerate(batch.doc_ids):
+                results[doc_id] = [decisions[b] for decisions in per_k]
+        return results
+
+    def _decode(self, logits: torch.Tensor, cand: torch.Tensor) -> list[list[tuple]]:
+        B = logits.shape[0]
+        out: list[list[tuple]] = [[] for _ in range(B)]
+        idx = cand.nonzero()  # [P, 3] (b, h, t)
+        if len(idx) == 0:
+            return out
+        pair_logits = logits[cand]
+        hot = threshold_decode(pair_logits, self.config.max_labels)
+        scores = torch.sigmoid(pair_logits - pair_logits[:, :1])
+        for p, r in hot[:, 1:].nonzero().tolist():
+            b, h, t = idx[p].tolist()
+            out[b].append((h, t, r + 1, scores[p, r + 1].item()))
+        return out
+
+    def predict(self, documents: Iterable[Document], iterations: int | None = None, batch_size: int = 8,
+                progress: bool = False) -> list[Triple]:
+        """Extract triples from documents (read by any docre reader), with scores and first iteration."""
+        from ..data.tokenize import encode_document
+        docs = list(documents)
+        examples = [Example.from_row(encode_document(d, self.tokenizer, self.inventory)) for d in docs]
+        return self.triples(docs, self.predict_examples(examples, iterations, batch_size, progress=progress))
+
+    def triples(self, docs: list[Document], decisions: dict[str, list[list[tuple]]]) -> list[Triple]:
+        out = []
+        for doc in docs:
+            per_k = decisions[doc.id]
+            final = per_k[-1]
+            sets = [{(h, t, r) for h, t, r, _ in ks} for ks in per_k]
+            for h, t, r, score in final:
+                first = len(sets) - 1
+                while first > 0 and (h, t, r) in sets[first - 1]:
+                    first -= 1
+                rel = self.inventory.ids[r]
+                eh, et = doc.entities[h], doc.entities[t]
+                out.append(Triple(doc.id, h, t, rel, self.inventory.name(rel), round(score, 6), first,
+                                  eh.kb_id, et.kb_id, eh.name, et.name, eh.type, et.type))
+        return out
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,138 @@
+"""A pretrained Transformer that returns hidden states and last-layer attention for any length.
+
+Documents longer than the encoder's position limit are cut into overlapping
+windows, each encoded as ``[CLS] window [SEP]``; hidden states are averaged
+where windows overlap and attention rows are summed and renormalised, so every
+mention keeps a representation and a context distribution however long the
+document is.
+
+Only the last layer's attention is needed (localized context pooling, eq. 1).
+Asking Hugging Face for ``output_attentions`` switches every layer to the slow
+eager path, so for BERT/RoBERTa-style encoders we instead take the last layer's
+input hidden state and recompute that one layer's softmax(QK^T/sqrt(d)) from
+its own query/key projections; other architectures fall back to
+``output_attentions=True``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..pretrained import resolve_encoder
+
+
+def load_encoder(name: str | None, config_only: bool = False, config_overrides: dict | None = None) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+    path = resolve_encoder(name)
+    if config_only:
+        cfg = AutoConfig.from_pretrained(path, **(config_overrides or {}))
+        return AutoModel.from_config(cfg)
+    # weights may be stored in half precision (e.g. a carried fp16 copy); training wants fp32 masters
+    try:
+        return AutoModel.from_pretrained(path, dtype=torch.float32, **(config_overrides or {}))
+    except TypeError:  # transformers < 4.56 names it torch_dtype
+        return AutoModel.from_pretrained(path, torch_dtype=torch.float32, **(config_overrides or {}))
+
+
+class WindowedEncoder(nn.Module):
+    def __init__(self, model: nn.Module, cls_id: int, sep_id: int, pad_id: int = 0,
+                 max_length: int | None = None, overlap: int = 128):
+        super().__init__()
+        self.model = model
+        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
+        limit = getattr(model.config, "max_position_embeddings", 512)
+        if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # RoBERTa reserves two positions for the padding offset
+        self.max_length = min(max_length or limit, limit)
+        self.overlap = overlap
+        self._manual = self._last_attention is not None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def _last_attention(self):
+        """The last layer's self-attention (query/key projections), or None if the layout is unknown."""
+        try:
+            attn = self.model.encoder.layer[-1].attention.self
+            attn.query, attn.key  # noqa: B018 - checks the structure
+            return attn
+        except AttributeError:
+            return None
+
+    def windows(self, length: int) -> list[tuple[int, int]]:
+        """Content windows [a, b) over positions 1..length-2 (the ids between [CLS] and [SEP])."""
+        if length <= self.max_length:
+            return [(0, length)]
+        width = self.max_length - 2
+        stride = max(1, width - self.overlap)
+        starts = list(range(1, length - 1 - width, stride)) + [length - 1 - width]
+        return [(a, a + width) for a in starts]
+
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass over <= max_length tokens: (hidden [B,T,D], last-layer attention [B,H,T,T])."""
+        if not self._manual:
+            out = self.model(input_ids=ids, attention_mask=mask, output_attentions=True)
+            return out.last_hidden_state, out.attentions[-1]
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        x = out.hidden_states[-2]
+        attn = self._last_attention
+        heads = self.model.config.num_attention_heads
+        b, t, d = x.shape
+        q = attn.query(x).view(b, t, heads, d // heads).transpose(1, 2)
+        k = attn.key(x).view(b, t, heads, d // heads).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+        return out.last_hidden_state, scores.softmax(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [B, T] with [CLS] ... [SEP] and right padding -> hidden [B,T,D], attention [B,H,T,T]."""
+        lengths = attention_mask.sum(1).tolist()
+        if max(lengths) <= self.max_length:
+            return self._encode(input_ids, attention_mask)
+        # gather every window of every document into one batch
+        pieces, owners = [], []
+        for i, n in enumerate(lengths):
+            for a, b in self.windows(n):
+                if (a, b) == (0, n):
+                    piece = input_ids[i, :n]
+                else:
+                    piece = torch.cat([input_ids.new_tensor([self.cls_id]), input_ids[i, a:b],
+                                       input_ids.new_tensor([self.sep_id])])
+                pieces.append(piece)
+                owners.append((i, a, b, n))
+        width = max(len(p) for p in pieces)
+        ids = input_ids.new_full((len(pieces), width), self.pad_id)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(pieces):
+            ids[j, :len(p)] = p
+            mask[j, :len(p)] = 1
+        hidden_w, att_w = self._encode(ids, mask)
+        B, T = input_ids.shape
+        H = att_w.shape[1]
+        hidden = hidden_w.new_zeros(B, T, hidden_w.shape[-1])
+        count = hidden_w.new_zeros(B, T, 1)
+        att = att_w.new_zeros(B, H, T, T)
+        for j, (i, a, b, n) in enumerate(owners):
+            if (a, b) == (0, n):
+                hidden[i, :n] += hidden_w[j, :n]
+                count[i, :n] += 1
+                att[i, :, :n, :n] += att_w[j, :, :n, :n]
+                continue
+            w = b - a
+            # content positions map 1:1; [CLS]/[SEP] states go to the document's own [CLS]/[SEP]
+            hidden[i, a:b] += hidden_w[j, 1:w + 1]
+            count[i, a:b] += 1
+            att[i, :, a:b, a:b] += att_w[j, :, 1:w + 1, 1:w + 1]
+            if a == 1:
+                hidden[i, 0] += hidden_w[j, 0]
+                count[i, 0] += 1
+            if b == n - 1:
+                hidden[i, n - 1] += hidden_w[j, w + 1]
+                count[i, n - 1] += 1
+        hidden = hidden / count.clamp(min=1)
+        att = att / (att.sum(-1, keepdim=True) + 1e-10)
+        return hidden, att
