@@ -264,9 +264,13 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> l
     (Path(cfg.out_dir) / "train_config.json").write_text(cfg.model_dump_json(indent=2))
     results = []
     model = None
+    stage1_best = Path(cfg.out_dir) / "stage1" / "best"
     for stage in cfg.stages:
-        if stage == 2 and 1 in cfg.stages and cfg.pretrain:
-            model = DocREModel.from_pretrained(results[-1].best_dir, device)
+        if stage == 2 and cfg.pretrain:
+            if not (stage1_best / "config.json").exists():
+                raise FileNotFoundError(f"stage 2 starts from stage 1's best checkpoint, and {stage1_best} has "
+                                        f"none: run stage 1 first, or set pretrain: false (ablation)")
+            model = DocREModel.from_pretrained(stage1_best, device)
         elif model is None:
             model = DocREModel.create(ModelConfig(**cfg.model), inventory).to(device)
         results.append(train_stage(cfg, stage, model, train_split, dev_split, on_epoch))
