@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--strict", action="store_true", help="fail on the first bad document")
     tok.set_defaults(func=_data_tokenize)
 
-    from .commands import add_model_commands  # train / evaluate / predict
+    from .commands import add_data_commands, add_model_commands
+    add_data_commands(data)
     add_model_commands(sub)
 
     args = parser.parse_args(argv)

@@ -1,8 +1,129 @@
-"""Model commands of the CLI (train, evaluate, predict); filled in with the model."""
+"""Model commands of the CLI: train, evaluate, predict (and `data split`)."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import asdict
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+    cfg = TrainConfig.from_yaml(args.config)
+    updates = {k: v for k, v in {"out_dir": args.out_dir, "device": args.device}.items() if v}
+    if args.stages:
+        updates["stages"] = [int(s) for s in args.stages.split(",")]
+    results = train(cfg.model_copy(update=updates))
+    for r in results:
+        print(f"stage {r.stage}: best dev F1 {r.best_f1 * 100:.2f} -> {r.best_dir}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .model.docre_ii import DocREModel
+    from .train import evaluate, load_split, resolve_device
+    model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
+    examples, docs = load_split(args.data)
+    train_docs = load_split(args.train_data)[1] if args.train_data else None
+    iterations = list(range(model.config.iterations + 1)) if args.iterations is None else \
+        [int(k) for k in args.iterations.split(",")]
+    scores = evaluate(model, examples, docs, iterations, train_docs, progress=True)
+    print(f"{'K':>3} {'F1':>7} {'P':>7} {'R':>7} {'IgnF1':>7} {'Intra':>7} {'Inter':>7} {'Infer':>7}")
+    for k in iterations:
+        s = scores[f"K{k}"]
+        print(f"{k:>3} " + " ".join(f"{s[m] * 100:7.2f}" for m in
+                                    ("f1", "precision", "recall", "ign_f1", "intra_f1", "inter_f1", "infer_f1")))
+    print(f"prediction: {scores['docs_per_s']} docs/s ({len(examples)} documents, {scores['seconds']} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(scores, f, indent=2)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .data.io import Quarantined, read_documents
+    from .model.docre_ii import DocREModel
+    from .train import resolve_device
+    model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
+    quarantine: list[Quarantined] = []
+    docs = list(read_documents(args.input, args.format, None, quarantine))
+    triples = model.predict(docs, args.iterations, progress=True)
+    rows = [asdict(t) for t in triples]
+    if args.output.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist(rows), args.output)
+    else:
+        with open(args.output, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{len(docs)} documents -> {len(rows)} triples in {args.output}; {len(quarantine)} quarantined",
+          file=sys.stderr)
+    for q in quarantine[:10]:
+        print(f"  quarantined {q.where}: {q.reason}", file=sys.stderr)
+
+
+def _split(args: argparse.Namespace) -> None:
+    """Deterministic split by document index (e.g. Re-DocRED dev into 400 train / 100 validation)."""
+    from .data.docred import write_docred
+    from .data.io import read_documents
+    docs = list(read_documents(args.input, args.format))
+    head, tail = docs[:args.first], docs[args.first:]
+    for docs_out, path in ((head, args.out_first), (tail, args.out_rest)):
+        with open(path, "w") as f:
+            f.write(write_docred(docs_out))
+        print(f"{path}: {len(docs_out)} documents")
+
+
+def _synthesize(args: argparse.Namespace) -> None:
+    from .data.docred import write_docred
+    from .data.synthetic import RELATIONS, synthesize
+    docs = synthesize(args.docs, args.seed)
+    with open(args.out, "w") as f:
+        f.write(write_docred(docs, jsonl=args.out.endswith(".jsonl")))
+    if args.rel_info:
+        with open(args.rel_info, "w") as f:
+            json.dump(RELATIONS, f, indent=1)
+    print(f"{args.out}: {len(docs)} invented documents, {sum(len(d.facts) for d in docs)} facts")
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("train", help="two-stage training from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--out-dir")
+    p.add_argument("--stages", help="e.g. 1 or 1,2 (default: from the config)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: auto)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="F1 / Ign F1 / intra / inter / infer at each iteration K")
+    p.add_argument("model", help="checkpoint directory")
+    p.add_argument("data", help="tokenized dataset directory (docre data tokenize)")
+    p.add_argument("--train-data", help="tokenized training set, for Ign F1")
+    p.add_argument("--iterations", help="comma-separated K values (default 0..K)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the scores here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="extract triples from documents")
+    p.add_argument("model")
+    p.add_argument("input", help="documents: PubTator, DocRED JSON/JSONL, .data (any fsspec URL, gzip ok)")
+    p.add_argument("output", help="*.jsonl or *.parquet")
+    p.add_argument("--format", choices=["docred", "pubtator", "atlop"])
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_predict)
+
+
+def add_data_commands(data: argparse._SubParsersAction) -> None:
+    p = data.add_parser("split", help="split a dataset by document index into two DocRED JSON files")
+    p.add_argument("input")
+    p.add_argument("out_first")
+    p.add_argument("out_rest")
+    p.add_argument("--first", type=int, required=True, help="documents in the first part")
+    p.add_argument("--format", choices=["docred", "pubtator", "atlop"])
+    p.set_defaults(func=_split)
+
+    p = data.add_parser("synthesize", help="write invented DocRED-style documents (demo and smoke data)")
+    p.add_argument("out", help="*.json or *.jsonl")
+    p.add_argument("--docs", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rel-info", help="also write the relation inventory (rel_info.json format) here")
+    p.set_defaults(func=_synthesize)

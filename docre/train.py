@@ -128,7 +128,8 @@ def save_state(path: Path, model: DocREModel, optimizer, scheduler, epoch: int, 
     """Everything needed to continue after an interruption, as safetensors + JSON (no pickle)."""
     from safetensors.torch import save_file
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous()  # clone: shared_ffn ties tensors
+               for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for name, value in st.items():

@@ -116,7 +116,8 @@ class DocREModel(nn.Module):
         from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        # clone: safetensors refuses tensors sharing memory (InferenceConfig.shared_ffn ties ffn_f/ffn_r)
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / "model.safetensors"), metadata={"format": "pt", "docre": "1"})
         (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         (path / "relations.json").write_text(self.inventory.to_json() if self.inventory else "{}")

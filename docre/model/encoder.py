@@ -130,9 +130,16 @@ class WindowedEncoder(nn.Module):
             if a == 1:
                 hidden[i, 0] += hidden_w[j, 0]
                 count[i, 0] += 1
+                # the [CLS] row/column too, so its row is a distribution and content keeps its [CLS] mass
+                att[i, :, 0, 0] += att_w[j, :, 0, 0]
+                att[i, :, 0, a:b] += att_w[j, :, 0, 1:w + 1]
+                att[i, :, a:b, 0] += att_w[j, :, 1:w + 1, 0]
             if b == n - 1:
                 hidden[i, n - 1] += hidden_w[j, w + 1]
                 count[i, n - 1] += 1
+                att[i, :, n - 1, n - 1] += att_w[j, :, w + 1, w + 1]
+                att[i, :, n - 1, a:b] += att_w[j, :, w + 1, 1:w + 1]
+                att[i, :, a:b, n - 1] += att_w[j, :, 1:w + 1, w + 1]
         hidden = hidden / count.clamp(min=1)
         att = att / (att.sum(-1, keepdim=True) + 1e-10)
         return hidden, att
