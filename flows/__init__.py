@@ -1,0 +1,1 @@
+"""Prefect flows: `docre-train` (flows/train.py) and `docre-extract` (flows/extract.py)."""

@@ -31,6 +31,10 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
     sents = raw["sents"]
     if not isinstance(sents, list) or not all(isinstance(s, list) for s in sents):
         fail("'sents' must be a list of token lists")
+    if not isinstance(raw["vertexSet"], list) or not all(isinstance(v, list) for v in raw["vertexSet"]):
+        fail("'vertexSet' must be a list of mention lists")
+    if "labels" in raw and not isinstance(raw["labels"], list):
+        fail("'labels' must be a list")
     entities = []
     for ei, vertex in enumerate(raw["vertexSet"]):
         mentions = []
@@ -58,20 +62,21 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
 def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str, object]]:
     """(where, raw object) for a JSON array, or streamed line by line for JSON lines."""
     it = iter(lines.splitlines(keepends=True) if isinstance(lines, str) else lines)
-    first = ""
+    first, skipped = "", 0  # leading blank lines, so reported line numbers count from the file's start
     for first in it:
         if first.strip():
             break
+        skipped += 1
     if first.lstrip().startswith("["):  # one JSON array: must be parsed whole
         text = first + "".join(it)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DocumentError(source, f"line {e.lineno}", f"invalid JSON: {e.msg}") from None
+            raise DocumentError(source, f"line {e.lineno + skipped}", f"invalid JSON: {e.msg}") from None
         for i, raw in enumerate(data):
             yield f"document {i}", raw
         return
-    for n, line in enumerate(itertools.chain([first], it), 1):
+    for n, line in enumerate(itertools.chain([first], it), skipped + 1):
         if not line.strip():
             continue
         try:

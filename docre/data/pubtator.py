@@ -50,7 +50,8 @@ def _parse(lines: Iterable[str], source: str) -> Iterator[_Raw]:
         if len(parts) == 3 and parts[1] in ("t", "a"):
             pmid, kind, _ = parts
             body = line[len(pmid) + 3:]
-            if doc is not None and pmid != doc.pmid:
+            # a new id, or a second title/abstract for the same id (a duplicate with no blank line between)
+            if doc is not None and (pmid != doc.pmid or (doc.title if kind == "t" else doc.abstract) is not None):
                 yield doc
                 doc = None
             if doc is None:
@@ -80,7 +81,7 @@ def _parse(lines: Iterable[str], source: str) -> Iterator[_Raw]:
                                           f"are not integers")
                 continue
             doc.mentions.append((start, end, fields[3], fields[4], [i.strip() for i in fields[5].split("|")], n))
-        elif len(fields) in (4, 5):
+        elif len(fields) in (4, 5) and not fields[1].lstrip("-").isdigit():
             doc.relations.append((fields[1], fields[2], fields[3], n))
         else:
             doc.error = DocumentError(source, f"line {n}, document {pmid!r}",
@@ -181,8 +182,10 @@ def write_pubtator(docs: Iterable[Document]) -> Iterator[str]:
                     spans.append((len(text), len(text) + len(tok)))
                     text += tok
                 token_chars.append(spans)
-        title = doc.title if doc.title and text.startswith(doc.title) else ""
-        abstract = text[len(title) + 1:] if title else text
+        title = doc.title if doc.title and (text == doc.title or text.startswith(doc.title + " ")) else ""
+        # the reader counts offsets in title + " " + abstract: with no title, that space leads the text
+        shift = 0 if title or text.startswith(" ") else 1
+        abstract = text[len(title) + 1 - shift:]
         yield f"{doc.id}|t|{title}\n"
         yield f"{doc.id}|a|{abstract}\n"
         # one line per distinct mention span; composite mentions list every entity id
@@ -198,7 +201,7 @@ def write_pubtator(docs: Iterable[Document]) -> Iterator[str]:
                 else:
                     spans.setdefault(key, (text[a:b], ent.type, [kb]))
         for (a, b), (mtext, mtype, ids) in sorted(spans.items()):
-            yield f"{doc.id}\t{a}\t{b}\t{mtext}\t{mtype}\t{'|'.join(ids)}\n"
+            yield f"{doc.id}\t{a + shift}\t{b + shift}\t{mtext}\t{mtype}\t{'|'.join(ids)}\n"
         for f in doc.facts or []:
             h, t = doc.entities[f.head], doc.entities[f.tail]
             yield f"{doc.id}\t{f.relation}\t{h.kb_id or f.head}\t{t.kb_id or f.tail}\n"
