@@ -159,7 +159,9 @@ def load_state(path: Path, model: DocREModel, optimizer, scheduler, rng: random.
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
+    # save_state drops lr_lambdas (the schedule is a closure, rebuilt by the caller); LambdaLR.load_state_dict
+    # requires the key, so give it the "plain function, nothing to restore" value
+    scheduler.load_state_dict({"lr_lambdas": [None] * len(scheduler.lr_lambdas)} | meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

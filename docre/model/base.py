@@ -27,17 +27,22 @@ def entity_embeddings(hidden: torch.Tensor, attention: torch.Tensor, mention_pos
     """One document: h(e) = logsumexp over its mentions' start-marker states; A_e = mean of their attention rows.
 
     hidden [T, D], attention [H, T, T] -> (entities [n_max, D], entity attention [n_max, H, T]).
+    Vectorised over mentions: one gather, one padded logsumexp, one index_add.
     """
     T, D = hidden.shape
     H = attention.shape[0]
-    ents = hidden.new_zeros(n_max, D)
-    atts = hidden.new_zeros(n_max, H, T)
-    for e, positions in enumerate(mention_pos):
-        pos = torch.as_tensor([p for p in positions if p < T], dtype=torch.long, device=hidden.device)
-        if len(pos) == 0:  # every mention truncated away: cannot happen with windowing, kept for safety
-            continue
-        ents[e] = torch.logsumexp(hidden[pos], dim=0)
-        atts[e] = attention[:, pos].mean(1)
+    flat = [(e, slot, p) for e, positions in enumerate(mention_pos) for slot, p in enumerate(positions) if p < T]
+    if not flat:
+        return hidden.new_zeros(n_max, D), hidden.new_zeros(n_max, H, T)
+    ent_idx, slot_idx, pos = (torch.as_tensor(c, dtype=torch.long, device=hidden.device) for c in zip(*flat))
+    # empty slots get a huge negative value (not -inf, which would make NaN gradients)
+    padded = hidden.new_full((n_max, int(slot_idx.max()) + 1, D), torch.finfo(hidden.dtype).min / 2)
+    padded[ent_idx, slot_idx] = hidden[pos]
+    counts = torch.zeros(n_max, device=hidden.device, dtype=hidden.dtype).index_add_(
+        0, ent_idx, torch.ones_like(ent_idx, dtype=hidden.dtype))
+    ents = torch.logsumexp(padded, dim=1) * (counts > 0)[:, None]  # entities with no mention -> 0
+    atts = hidden.new_zeros(n_max, H, T).index_add_(0, ent_idx, attention[:, pos].transpose(0, 1))
+    atts = atts / counts.clamp(min=1)[:, None, None]
     return ents, atts
 
 

@@ -1,0 +1,204 @@
+"""Two-stage training (docre.train): checkpoints, exact resume, learning-rate schedule, gradient accumulation.
+
+Trains the tiny random BERT of conftest on the three documents of the ``.data`` fixture; every run is a few
+optimizer steps.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from docre.data.document import cdr_inventory
+from docre.data.tokenize import TokenizeConfig, read_parquet_rows, tokenize_to_parquet
+from docre.model.docre_ii import DocREModel, ModelConfig
+from docre.train import StageConfig, TrainConfig, linear_schedule, load_split, train, train_stage
+
+FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"
+MODEL = dict(feature_dim=16, iterations=2, inference=dict(num_layers=1, ffn_dim=32, predictor_dim=16))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on a shared CPU: one intra-op thread avoids thread contention (several times faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_encoder, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("data") / "cdr_sample")
+    manifest = tokenize_to_parquet([str(FIXTURE)], out, TokenizeConfig(encoder=tiny_encoder, relations="cdr"),
+                                   progress=False)
+    assert manifest.documents == 3 and manifest.quarantined == 0  # the repeated identical line is skipped
+    assert [r["doc_id"] for r in read_parquet_rows(out, ["doc_id"])] == ["9000001", "9000002", "9000003"]
+    return out
+
+
+def config(dataset: str, tiny_encoder: str, out_dir: Path, **kw) -> TrainConfig:
+    base = dict(train_data=dataset, dev_data=dataset, out_dir=str(out_dir),
+                stage1=StageConfig(epochs=2, batch_size=2, lr_encoder=1e-3, lr_head=1e-3),
+                stage2=StageConfig(epochs=1, batch_size=2, lr_encoder=1e-4, lr_head=1e-3),
+                model=dict(MODEL, encoder=tiny_encoder), eval_iterations=[0, 1, 2], device="cpu",
+                progress=False, seed=7)
+    return TrainConfig(**(base | kw))
+
+
+def fresh_model(cfg: TrainConfig, seed: int = 0) -> DocREModel:
+    torch.manual_seed(seed)
+    return DocREModel.create(ModelConfig(**cfg.model), cdr_inventory())
+
+
+def assert_same_weights(a: DocREModel, b: DocREModel) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ------------------------------------------------------------------------------------------ full run
+
+def test_two_stage_training_writes_checkpoints_and_history(dataset, tiny_encoder, tmp_path):
+    cfg = config(dataset, tiny_encoder, tmp_path / "run")
+    epochs = []
+    results = train(cfg, on_epoch=epochs.append)
+    assert [r.stage for r in results] == [1, 2]
+    assert [(r["stage"], r["epoch"]) for r in epochs] == [(1, 1), (1, 2), (2, 1)]
+    out = tmp_path / "run"
+    assert json.loads((out / "train_config.json").read_text())["seed"] == 7
+    for stage, n_epochs, keys in ((1, 2, {"K0"}), (2, 1, {"K0", "K1", "K2"})):
+        best, last = out / f"stage{stage}" / "best", out / f"stage{stage}" / "last"
+        for name in ("model.safetensors", "config.json", "relations.json"):
+            assert (best / name).is_file(), (stage, name)
+        assert (last / "state.safetensors").is_file() and (last / "state.json").is_file()
+        assert not list(out.rglob("*.tmp"))
+        history = json.loads((out / f"stage{stage}" / "history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(1, n_epochs + 1))
+        assert all(h["stage"] == stage and h["loss"] > 0 for h in history)
+        assert all(keys <= set(h["dev"]) for h in history)
+        assert results[stage - 1].history == history
+        assert results[stage - 1].best_dir == str(best)
+        assert results[stage - 1].best_f1 == max(h["dev"][f"K{0 if stage == 1 else 2}"]["f1"] for h in history)
+        assert json.loads((last / "state.json").read_text())["epoch"] == n_epochs - 1
+    # the best checkpoint is a working model
+    model = DocREModel.from_pretrained(out / "stage2" / "best")
+    examples, docs = load_split(dataset)
+    decisions = model.predict_examples(examples)
+    assert set(decisions) == {d.id for d in docs} and all(len(v) == 3 for v in decisions.values())
+
+
+def test_stage2_needs_stage1_checkpoint(dataset, tiny_encoder, tmp_path):
+    cfg = config(dataset, tiny_encoder, tmp_path / "run", stages=[2])
+    with pytest.raises(FileNotFoundError, match="stage 1"):
+        train(cfg)
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_matches_an_uninterrupted_run(dataset, tiny_encoder, tmp_path, stage):
+    """Stop after epoch 1, start again from the saved state: weights and losses equal a straight 2-epoch run.
+
+    Dropout stays on, so this also checks that the torch RNG (and stage 2's noise stream) is restored."""
+    stages = dict(stage1=StageConfig(epochs=2, batch_size=2, lr_encoder=1e-3, lr_head=1e-3),
+                  stage2=StageConfig(epochs=2, batch_size=2, lr_encoder=1e-4, lr_head=1e-3))
+    split = load_split(dataset)
+
+    straight_cfg = config(dataset, tiny_encoder, tmp_path / "straight", **stages)
+    straight = fresh_model(straight_cfg)
+    full = train_stage(straight_cfg, stage, straight, split, split)
+
+    cfg = config(dataset, tiny_encoder, tmp_path / "resumed", **stages)
+    first = train_stage(cfg, stage, fresh_model(cfg), split, split, stop_after_epochs=1)
+    assert len(first.history) == 1
+    state = json.loads((tmp_path / "resumed" / f"stage{stage}" / "last" / "state.json").read_text())
+    assert state["epoch"] == 0
+    torch.manual_seed(12345)  # a different process state: nothing may depend on it
+    resumed_model = fresh_model(cfg, seed=99)  # different initial weights: they must come from the state
+    second = train_stage(cfg, stage, resumed_model, split, split)
+
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert [h["loss"] for h in second.history] == [h["loss"] for h in full.history]
+    assert [h["dev"]["K0"] for h in second.history] == [h["dev"]["K0"] for h in full.history]
+    assert second.best_f1 == full.best_f1
+    assert_same_weights(resumed_model, straight)
+    # 3 documents in batches of 2: 2 optimizer steps per epoch
+    state = json.loads((tmp_path / "resumed" / f"stage{stage}" / "last" / "state.json").read_text())
+    assert state["scheduler"]["last_epoch"] == 4
+    # a finished stage resumes to nothing
+    again = train_stage(cfg, stage, resumed_model, split, split)
+    assert again.history == second.history
+    assert_same_weights(resumed_model, straight)
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+def test_linear_schedule_warmup_then_decay_to_zero():
+    f = linear_schedule(100, 0.06)
+    assert [f(s) for s in range(6)] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+    assert f(6) == pytest.approx(1.0)
+    decay = [f(s) for s in range(6, 101)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))  # strictly decreasing after the warm-up
+    assert f(50) == pytest.approx(50 / 94)
+    assert f(99) == pytest.approx(1 / 94) and f(100) == 0.0 and f(150) == 0.0
+    assert max(f(s) for s in range(200)) == pytest.approx(1.0)
+    # as LambdaLR applies it: the lr of optimizer step i is base_lr * f(i)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1 / 6) and lrs[5] == pytest.approx(0.1) and lrs[-1] > 0
+    assert opt.param_groups[0]["lr"] == 0.0
+    assert linear_schedule(10, 0.0)(0) == 1.0  # no warm-up
+
+
+# ------------------------------------------------------------------------------------------ accumulation
+
+def run_recording_grads(cfg: TrainConfig, split, monkeypatch) -> tuple[DocREModel, list[dict]]:
+    """One stage-1 epoch without dropout; returns the model and the gradient seen at each optimizer step."""
+    model = fresh_model(cfg)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: list[dict] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording(params, max_norm, *args, **kw):
+        params = list(params)
+        seen.append({names[id(p)]: p.grad.clone() for p in params if p.grad is not None})
+        return clip(params, max_norm, *args, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    train_stage(cfg, 1, model, split, (split[0][:1], split[1][:1]))
+    monkeypatch.undo()
+    return model, seen
+
+
+def test_gradient_accumulation_equals_a_larger_batch(dataset, tiny_encoder, tmp_path, monkeypatch):
+    """grad_accum=2 over batches of 1 gives the same step as one batch of 2.
+
+    Exact only because the two training documents have the same number of candidate pairs (4 each): the
+    loss of a batch is the mean over its pairs, and accumulation averages per-batch means."""
+    examples, docs = load_split(dataset, limit=2)
+    inventory = cdr_inventory()
+    assert [len(inventory.candidate_pairs(d)) for d in docs] == [4, 4]
+    split = (examples, docs)
+    big = dict(stage1=StageConfig(epochs=1, batch_size=2, grad_accum=1, lr_encoder=1e-3, lr_head=1e-3))
+    small = dict(stage1=StageConfig(epochs=1, batch_size=1, grad_accum=2, lr_encoder=1e-3, lr_head=1e-3))
+    model_a, grads_a = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "a", **big), split, monkeypatch)
+    model_b, grads_b = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "b", **small), split,
+                                           monkeypatch)
+    assert len(grads_a) == len(grads_b) == 1  # one optimizer step each
+    assert grads_a[0].keys() == grads_b[0].keys() and len(grads_a[0]) > 0
+    for k in grads_a[0]:
+        torch.testing.assert_close(grads_b[0][k], grads_a[0][k], atol=1e-6, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    assert_same_weights(model_a, model_b)
