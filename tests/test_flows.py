@@ -169,6 +169,7 @@ def test_injected_failure_is_retried(prefect_api, s3, published, inputs, dask_ad
     from prefect import get_client
     from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter,
                                                 TaskRunFilterFlowRunId)
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
     from flows.extract import docre_extract
 
     flag = Path(FAULT_DIR) / "any"
@@ -182,9 +183,12 @@ def test_injected_failure_is_retried(prefect_api, s3, published, inputs, dask_ad
     n = assert_matches_predict(out, published["model"], inputs)
     assert (summary["docs_in"], summary["docs_out"], summary["quarantined"], summary["triples"]) == (7, 6, 1, n)
     with get_client(sync_client=True) as client:
+        # limit and sort spelled out: this client version sends null for them otherwise, which the API refuses
         [sub] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[sub.id])))
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])),
+            sort=FlowRunSort.START_TIME_ASC, limit=10)
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[sub.id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
     assert len(runs) == 4 and all(r.state.is_completed() for r in runs)
     assert sorted(r.run_count for r in runs) == [1, 1, 1, 2]
     # the model was loaded once per worker process, not once per shard (this cluster ran several flows)
@@ -197,6 +201,7 @@ def test_injected_failure_is_retried(prefect_api, s3, published, inputs, dask_ad
 def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.sorting import ArtifactSort
     from flows.train import docre_train
 
     config = {"model": {"encoder": tiny_encoder, "feature_dim": 32}, "threads": 1, "max_tokens": None,
@@ -214,7 +219,8 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
     assert [r["K"] for r in result["dev"]] == [0, 1, 2, 3]
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])),
+            sort=ArtifactSort.ID_DESC, limit=50, offset=0)
     by_key = {a.key: a for a in arts}
     assert {"docre-dev-scores", "docre-eval-report", "docre-train-stage-1", "docre-train-stage-2",
             "docre-model-published"} <= set(by_key)

@@ -6,15 +6,18 @@ optimizer steps.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from docre.data.batch import collate
 from docre.data.document import cdr_inventory
 from docre.data.tokenize import TokenizeConfig, read_parquet_rows, tokenize_to_parquet
 from docre.model.docre_ii import DocREModel, ModelConfig
-from docre.train import StageConfig, TrainConfig, linear_schedule, load_split, train, train_stage
+from docre.train import (StageConfig, TrainConfig, linear_schedule, load_split, load_state, param_groups,
+                         save_state, train, train_stage)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"
 MODEL = dict(feature_dim=16, iterations=2, inference=dict(num_layers=1, ffn_dim=32, predictor_dim=16))
@@ -53,11 +56,11 @@ def fresh_model(cfg: TrainConfig, seed: int = 0) -> DocREModel:
     return DocREModel.create(ModelConfig(**cfg.model), cdr_inventory())
 
 
-def assert_same_weights(a: DocREModel, b: DocREModel) -> None:
+def assert_same_weights(a: DocREModel, b: DocREModel, atol: float = 0.0) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
 # ------------------------------------------------------------------------------------------ full run
@@ -135,6 +138,51 @@ def test_resume_matches_an_uninterrupted_run(dataset, tiny_encoder, tmp_path, st
     assert_same_weights(resumed_model, straight)
 
 
+def test_save_and_load_state_round_trip_with_tied_weights(dataset, tiny_encoder, tmp_path):
+    """Weights (shared_ffn ties two FNNs), AdamW moments, scheduler position and RNG streams survive."""
+    cfg = config(dataset, tiny_encoder, tmp_path / "run",
+                 model=dict(MODEL, encoder=tiny_encoder, inference=dict(MODEL["inference"], shared_ffn=True)))
+    model = fresh_model(cfg)
+    examples, docs = load_split(dataset)
+
+    def parts(m):
+        opt = torch.optim.AdamW(param_groups(m, 2, cfg.stage2, 0.01))
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(10, 0.2))
+
+    opt, sched = parts(model)
+    loss, _ = model.stage2_loss(collate(examples, model.inventory), torch.Generator().manual_seed(0))
+    loss.backward()
+    opt.step()
+    sched.step()
+    rng = random.Random(5)
+    rng.random()
+    torch.manual_seed(42)
+    save_state(tmp_path / "state", model, opt, sched, epoch=3, best=0.25, history=[{"loss": 1.5}], rng=rng)
+    expected_torch, expected_py = torch.rand(3), rng.random()
+
+    other = fresh_model(cfg, seed=1)
+    opt2, sched2 = parts(other)
+    rng2 = random.Random(0)
+    meta = load_state(tmp_path / "state", other, opt2, sched2, rng2)
+    assert (meta["epoch"], meta["best"], meta["history"]) == (3, 0.25, [{"loss": 1.5}])
+    assert_same_weights(other, model)
+    layer = other.inference.layers[0]
+    assert layer.ffn_r is layer.ffn_f
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1["state"].keys() == s2["state"].keys()
+    for pid in s1["state"]:
+        for name, value in s1["state"][pid].items():
+            torch.testing.assert_close(torch.as_tensor(s2["state"][pid][name]), torch.as_tensor(value))
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert sched2.last_epoch == sched.last_epoch == 1
+    assert torch.equal(torch.rand(3), expected_torch) and rng2.random() == expected_py
+    # the restored scheduler keeps following the same schedule
+    sched.step()
+    sched2.step()
+    assert sched2.get_last_lr() == sched.get_last_lr()
+    assert not list((tmp_path / "state").glob("*.tmp"))
+
+
 # ------------------------------------------------------------------------------------------ schedule
 
 def test_linear_schedule_warmup_then_decay_to_zero():
@@ -200,5 +248,7 @@ def test_gradient_accumulation_equals_a_larger_batch(dataset, tiny_encoder, tmp_
     assert len(grads_a) == len(grads_b) == 1  # one optimizer step each
     assert grads_a[0].keys() == grads_b[0].keys() and len(grads_a[0]) > 0
     for k in grads_a[0]:
-        torch.testing.assert_close(grads_b[0][k], grads_a[0][k], atol=1e-6, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
-    assert_same_weights(model_a, model_b)
+        torch.testing.assert_close(grads_b[0][k], grads_a[0][k], atol=1e-6, rtol=1e-4,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+    # Adam divides by sqrt(v): float noise in near-zero gradients shows up at ~1e-6 of a 1e-3 step
+    assert_same_weights(model_a, model_b, atol=2e-5)
