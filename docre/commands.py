@@ -47,7 +47,10 @@ def _predict(args: argparse.Namespace) -> None:
     docs = list(read_documents(args.input, args.format, None, quarantine))
     triples = model.predict(docs, args.iterations, progress=True)
     rows = [asdict(t) for t in triples]
-    if args.output.endswith(".parquet"):
+    if args.output.endswith(".json"):  # DocRED CodaLab submission: [{title, h_idx, t_idx, r}]
+        from .metrics import write_docred_result
+        write_docred_result(docs, [(t.doc_id, t.head, t.tail, t.relation) for t in triples], args.output)
+    elif args.output.endswith(".parquet"):
         import pyarrow as pa
         import pyarrow.parquet as pq
         pq.write_table(pa.Table.from_pylist(rows), args.output)
@@ -105,7 +108,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="extract triples from documents")
     p.add_argument("model")
     p.add_argument("input", help="documents: PubTator, DocRED JSON/JSONL, .data (any fsspec URL, gzip ok)")
-    p.add_argument("output", help="*.jsonl or *.parquet")
+    p.add_argument("output", help="*.jsonl or *.parquet (triples with names, scores, iteration), or "
+                                  "*.json (DocRED result.json submission)")
     p.add_argument("--format", choices=["docred", "pubtator", "atlop"])
     p.add_argument("--iterations", type=int)
     p.add_argument("--device", default="auto")

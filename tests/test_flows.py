@@ -200,7 +200,7 @@ def test_injected_failure_is_retried(prefect_api, s3, published, inputs, dask_ad
 
 def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp_path):
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
     from prefect.client.schemas.sorting import ArtifactSort
     from flows.train import docre_train
 
@@ -218,8 +218,10 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
         assert s3.exists(f"{BUCKET}/trained/{version}/{name}"), name
     assert [r["K"] for r in result["dev"]] == [0, 1, 2, 3]
     with get_client(sync_client=True) as client:
+        # every argument spelled out: this client version sends null for missing ones, which the API refuses
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])),
+            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
             sort=ArtifactSort.ID_DESC, limit=50, offset=0)
     by_key = {a.key: a for a in arts}
     assert {"docre-dev-scores", "docre-eval-report", "docre-train-stage-1", "docre-train-stage-2",

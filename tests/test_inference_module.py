@@ -88,7 +88,9 @@ def test_variant_structure():
     assert isinstance(make().layers[0].relation_attn, ExtendedCrossAttention)
     with pytest.raises(ValueError):
         InferenceConfig(hidden=6)
-    assert InferenceConfig(hidden=16).ffn_dim == 32
+    # unset sizes follow the hidden size at build time (2d for the FNN, d for the predictor bottleneck)
+    layer = InferenceModule(InferenceConfig(hidden=16, num_relations=3)).layers[0]
+    assert layer.ffn_f.net[0].out_features == 32
 
 
 def test_training_mode_backward():

@@ -87,10 +87,6 @@ class InferenceConfig:
     predictor_norm: Literal["layer", "batch", "none"] = "layer"
 
     def __post_init__(self) -> None:
-        if self.ffn_dim is None:
-            self.ffn_dim = 2 * self.hidden
-        if self.predictor_dim is None:
-            self.predictor_dim = self.hidden
         if self.hidden % NUM_ECA_HEADS != 0:
             raise ValueError(f"hidden={self.hidden} must be divisible by {NUM_ECA_HEADS} heads")
         if self.attention not in ("eca", "full"):
@@ -323,8 +319,9 @@ class InferenceLayer(nn.Module):
         self.relation_attn = attn_cls(2 * d, d, cfg.dropout)
         self.use_fusion = cfg.fusion
         self.gate = nn.Linear(2 * d, d) if cfg.fusion else None  # W_g, b_g of eq. 8
-        self.ffn_f = FeedForward(d, cfg.ffn_dim, cfg.dropout)
-        self.ffn_r = self.ffn_f if cfg.shared_ffn else FeedForward(d, cfg.ffn_dim, cfg.dropout)
+        ffn_dim = cfg.ffn_dim or 2 * d
+        self.ffn_f = FeedForward(d, ffn_dim, cfg.dropout)
+        self.ffn_r = self.ffn_f if cfg.shared_ffn else FeedForward(d, ffn_dim, cfg.dropout)
         self.norm_f = nn.LayerNorm(d)
         self.norm_r = nn.LayerNorm(d)
 
@@ -396,7 +393,7 @@ class InferenceModule(nn.Module):
         self.emb = nn.Embedding(cfg.num_relations, d)
         self.layers = nn.ModuleList(InferenceLayer(cfg) for _ in range(cfg.num_layers))
         self.classifier = nn.Linear(2 * d, cfg.num_relations)
-        self.predictor = SimSiamPredictor(2 * d, cfg.predictor_dim, cfg.predictor_norm)
+        self.predictor = SimSiamPredictor(2 * d, cfg.predictor_dim or d, cfg.predictor_norm)
 
     @staticmethod
     def _pair_mask(mask: Tensor) -> Tensor:
