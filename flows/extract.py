@@ -57,10 +57,13 @@ def docre_extract(inputs: str, out_url: str, model_url: str, docs_per_shard: int
     """Extract triples from `inputs` (file/dir/glob URLs, comma-separated) into `out_url`.
 
     model_url: a model store (its `latest` is followed once, at the start) or a
-    checkpoint directory. Returns the summary with exact counts; fails when a
+    checkpoint directory. `{model_version}` in out_url is replaced by the
+    resolved version, so each model gets its own output and a rerun with the
+    same model resumes. Returns the summary with exact counts; fails when a
     shard could not be committed (rerun to finish it).
     """
     checkpoint_url, version = resolve_model(model_url)
+    out_url = out_url.replace("{model_version}", version)  # e.g. s3://bucket/triples/{model_version}
     specs = plan_shards(inputs, docs_per_shard, format)
     pending = pending_shards(specs, out_url, version)
     failed: list[str] = []
