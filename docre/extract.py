@@ -9,6 +9,7 @@ Layout of an extraction output ``out_url`` (a local directory or ``s3://...``)::
     quarantine/shard-<id>.parquet    documents not extracted, with where and why (QUARANTINE_SCHEMA)
     _committed/shard-<id>.json       commit marker: the shard's counts; written LAST
     manifest.json                    aggregated summary, rewritten by `summarize` after a run
+    _plan/counts.json                records per input + fingerprint, so reruns do not re-count
 
 Shards are ranges of *records* of one input file. A record is one thing the
 reader reports in file order: a document it yields or a document it
@@ -259,6 +260,42 @@ def count_records(url: str, format: str | None = None) -> int:
     return n
 
 
+def input_fingerprint(url: str) -> str:
+    """Size plus ETag or modification time: changes when the object is rewritten."""
+    fs, path = _fs(url)
+    fs.invalidate_cache(path)
+    info = fs.info(path)
+    stamp = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
+    return f"{info.get('size')}:{stamp}"
+
+
+def count_inputs(urls: Iterable[str], format: str | None = None, cache_url: str | None = None) -> dict[str, int]:
+    """Records per input; with `cache_url` (a JSON file) counts of unchanged inputs are reused.
+
+    Counting parses every document, so an extraction rerun over a large
+    collection should not redo it: the cache maps each URL to its fingerprint
+    (`input_fingerprint`) and count. A stale count cannot corrupt output:
+    `extract_shard` refuses a shard whose records do not match the plan.
+    """
+    urls = list(urls)
+    cached: dict = {}
+    if cache_url and _exists(cache_url):
+        cached = json.loads(_read_text(cache_url))
+    out, fresh, changed = {}, {}, False
+    for url in urls:
+        fp = input_fingerprint(url)
+        hit = cached.get(url)
+        if hit and hit.get("fingerprint") == fp and hit.get("format") == format:
+            out[url] = int(hit["records"])
+        else:
+            out[url] = count_records(url, format)
+            changed = True
+        fresh[url] = {"fingerprint": fp, "records": out[url], "format": format}
+    if cache_url and changed:
+        write_bytes_atomic(cache_url, json.dumps(cached | fresh, indent=1).encode())
+    return out
+
+
 def shard_id(input_url: str, start: int, end: int) -> str:
     return hashlib.sha256(f"{input_url}\x00{start}\x00{end}".encode()).hexdigest()[:20]
 
@@ -452,12 +489,17 @@ def summarize(specs: list[ShardSpec], out_url: str, model_version: str | None = 
     missing = [s.shard_id for s in specs if s.shard_id not in committed]
     mismatched = []
     if verify:
-        for r in done:
-            for rel, expected in ((r.triples_file, r.triples), (r.quarantine_file, r.quarantined)):
-                fs, path = _fs(_join(out_url, rel))
-                with fs.open(path, "rb") as f:
-                    if pq.ParquetFile(f).metadata.num_rows != expected:
-                        mismatched.append(rel)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def rows(rel: str) -> int:
+            fs, path = _fs(_join(out_url, rel))
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).metadata.num_rows
+        checks = [(rel, expected) for r in done
+                  for rel, expected in ((r.triples_file, r.triples), (r.quarantine_file, r.quarantined))]
+        with ThreadPoolExecutor(max_workers=16) as pool:  # footers only; many small reads on object stores
+            counted = list(pool.map(rows, [rel for rel, _ in checks]))
+        mismatched = [rel for (rel, expected), n in zip(checks, counted) if n != expected]
     totals = {k: sum(getattr(r, k) for r in done) for k in ("docs_in", "docs_out", "quarantined", "triples")}
     summary = {
         "out_url": out_url,

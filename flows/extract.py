@@ -64,7 +64,7 @@ def docre_extract(inputs: str, out_url: str, model_url: str, docs_per_shard: int
     """
     checkpoint_url, version = resolve_model(model_url)
     out_url = out_url.replace("{model_version}", version)  # e.g. s3://bucket/triples/{model_version}
-    specs = plan_shards(inputs, docs_per_shard, format)
+    specs = plan_shards(inputs, docs_per_shard, format, out_url)
     pending = pending_shards(specs, out_url, version)
     failed: list[str] = []
     if pending:

@@ -41,9 +41,12 @@ def resolve_model(model_url: str) -> tuple[str, str]:
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def plan_shards(inputs: str, docs_per_shard: int, format: str | None = None) -> list[ShardSpec]:
+def plan_shards(inputs: str, docs_per_shard: int, format: str | None = None,
+                out_url: str | None = None) -> list[ShardSpec]:
+    """Deterministic shards; record counts of unchanged inputs are reused from out_url/_plan/counts.json."""
     urls = lib.list_inputs(inputs, format)
-    specs = lib.plan_shards(urls, docs_per_shard, format)
+    cache = f"{out_url.rstrip('/')}/_plan/counts.json" if out_url else None
+    specs = lib.plan_shards(urls, docs_per_shard, format, counts=lib.count_inputs(urls, format, cache))
     get_run_logger().info("%d input file(s), %d records, %d shard(s) of up to %d", len(urls),
                           sum(s.size for s in specs), len(specs), docs_per_shard)
     return specs

@@ -140,3 +140,14 @@ def test_publish_resolve_and_cached_load(tmp_path, model):
     m1 = ex.load_model(url, "v1", "cpu")
     assert ex.load_model(url, "v1", "cpu") is m1
     assert ex.model_cache_info()["loads"].count([url, "v1", "cpu"]) == 1
+
+
+def test_record_counts_are_cached_by_fingerprint(tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "docs.jsonl")
+    cache = str(tmp_path / "out" / "_plan" / "counts.json")
+    assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 4}
+    monkeypatch.setattr(ex, "count_records", lambda *a, **k: pytest.fail("recounted an unchanged input"))
+    assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 4}
+    monkeypatch.undo()
+    src.write_text(src.read_text() + BAD_LINE.replace("bad-mention", "bad-2") + "\n")  # input changed
+    assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 5}

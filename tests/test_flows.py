@@ -229,3 +229,70 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
     assert by_key["docre-dev-scores"].type == "table" and by_key["docre-eval-report"].type == "markdown"
     assert "data:image/png;base64," in by_key["docre-eval-report"].data
     assert by_key["docre-train-stage-2"].type == "progress" and float(by_key["docre-train-stage-2"].data) == 100.0
+
+
+@pytest.mark.benchmark  # several Prefect CLI processes and a flow-run subprocess: ~1-2 min on 2 cores
+def test_deploy_all_and_run_extract_through_a_process_worker(prefect_api, tiny_encoder, tmp_path):
+    """prefect.yaml as the README deploys it: pools, `prefect deploy --all`, a worker running docre-extract."""
+    import subprocess
+    import sys
+    import time
+    import torch
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+    from docre.model.docre_ii import DocREModel, ModelConfig
+
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "DOCRE_PROJECT_DIR": str(root),
+                        "PREFECT_CLI_PROMPT": "false"}
+    prefect = [str(Path(sys.executable).parent / "prefect"), "--no-prompt"]
+
+    def cli(*args, timeout=300, known_bug_ok=False):
+        res = subprocess.run(prefect + list(args), cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        out = res.stdout + res.stderr
+        # With FastAPI >= 0.151 the Prefect 3.8.8 server rejects the null limit/offset its own client sends
+        # to /work_pools/<pool>/workers/filter; `prefect deploy` hits that only AFTER saving a deployment.
+        known = known_bug_ok and "workers/filter" in out and "422" in out
+        assert res.returncode == 0 or known, out
+        return res.stdout
+
+    cli("work-pool", "create", "docre-process", "--type", "process")
+    cli("work-pool", "create", "docre-gpu", "--type", "kubernetes", "--base-job-template",
+        str(root / "infra" / "k8s-gpu-job-template.json"))
+    cli("deploy", "--all", known_bug_ok=True)
+    for name in ("docre-train", "docre-extract"):  # --all stops at the first failure of the known bug
+        cli("deploy", "--name", name, known_bug_ok=True)
+    with get_client(sync_client=True) as client:
+        train = client.read_deployment_by_name("docre-train/docre-train")
+        extract = client.read_deployment_by_name("docre-extract/docre-extract")
+        pool = client.read_work_pool("docre-gpu")
+    assert [s.schedule.cron for s in train.schedules] == ["0 3 * * 1"] and not extract.schedules
+    assert train.work_pool_name == extract.work_pool_name == "docre-process"
+    assert train.parameters["config_file"] == "configs/cdr.yaml"
+    limits = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
+        "containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "{{ gpu_count }}"
+    assert pool.base_job_template["variables"]["properties"]["gpu_count"]["default"] == 1
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    DocREModel.create(ModelConfig(encoder=tiny_encoder), cdr_inventory(), pretrained=True).save_pretrained(ckpt)
+    ex.publish_model(ckpt, str(tmp_path / "models"), "v7")
+    out = cli("deployment", "run", "docre-extract/docre-extract", "--param", f"inputs={CDR}",
+              "--param", f"out_url={tmp_path}/triples/{{model_version}}", "--param", f"model_url={tmp_path}/models",
+              "--param", "docs_per_shard=2", "--param", "n_workers=1")
+    run_id = [line.split()[-1] for line in out.splitlines() if "UUID" in line][0]
+    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "docre-process", "--run-once"], cwd=root,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        logs, _ = worker.communicate(timeout=400)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    with get_client(sync_client=True) as client:
+        deadline = time.time() + 60
+        while not (state := client.read_flow_run(run_id).state).is_final() and time.time() < deadline:
+            time.sleep(2)
+    assert state.is_completed(), logs[-3000:]
+    summary = ex.summarize(ex.plan_shards([CDR], 2), str(tmp_path / "triples" / "v7"), write_manifest=False)
+    assert summary["complete"] and summary["docs_in"] == 3 and summary["shards"] == 2
