@@ -10,6 +10,7 @@ one worker per GPU (infra/dask-gpu.md). Shards already committed under
 from __future__ import annotations
 
 import json
+import os
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
@@ -22,9 +23,12 @@ from tasks.extract import extract_shard, pending_shards, plan_shards, resolve_mo
 def dask_task_runner(scheduler_address: str | None = None, n_workers: int = 2) -> DaskTaskRunner:
     if scheduler_address:
         return DaskTaskRunner(address=scheduler_address)
+    # one process per worker; split the machine's cores between them so torch does not oversubscribe
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, n_workers)))
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None,
+                                          "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}})
 
 
 @flow(name="docre-extract-shards")
