@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from docre import extract as lib
+from docre import store
 from docre.extract import ShardResult, ShardSpec
 
 # Fault injection for resilience tests and chaos drills, off unless set: when the
@@ -35,7 +36,7 @@ def _fault_hook():
 @task(name="resolve-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def resolve_model(model_url: str) -> tuple[str, str]:
     """Pin the model for the whole run: (checkpoint URL, version), following `latest` once."""
-    checkpoint, version = lib.resolve_model(model_url)
+    checkpoint, version = store.resolve_model(model_url)
     get_run_logger().info("model %s version %s", lib.redact_url(checkpoint), version)
     return checkpoint, version
 
@@ -64,8 +65,8 @@ def pending_shards(specs: list[ShardSpec], out_url: str, model_version: str) -> 
 def extract_shard(spec: ShardSpec, out_url: str, checkpoint_url: str, model_version: str,
                   iterations: int | None = None, batch_size: int = 8, device: str = "auto",
                   model_cache_dir: str | None = None) -> ShardResult:
-    """Extract and commit one shard. The model is loaded once per worker process (docre.extract.load_model)."""
-    model = lib.load_model(checkpoint_url, model_version, device, model_cache_dir)
+    """Extract and commit one shard. The model is loaded once per worker process (docre.store.load_model)."""
+    model = store.load_model(checkpoint_url, model_version, device, model_cache_dir)
     result = lib.extract_shard(model, spec, out_url, model_version, iterations, batch_size,
                                before_commit=_fault_hook())
     get_run_logger().info("shard %s (%s records %d-%d): %d in, %d out, %d quarantined, %d triples%s",

@@ -9,6 +9,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.cache_policies import NO_CACHE
 
 from docre import extract as lib
+from docre import store
 from docre.train import StageResult, TrainConfig, load_split, resolve_device, train
 from docre.train import evaluate as evaluate_model
 
@@ -66,8 +67,8 @@ def evaluate(cfg: TrainConfig, best_dir: str, histories: list[list[dict]], repor
 def publish_model(local_dir: str, store_url: str, version: str | None = None,
                   extra_files: dict[str, str] | None = None) -> dict:
     """Copy the checkpoint to `store_url/<version>/` and then move `store_url/latest` to it."""
-    version = version or lib.make_version(local_dir)
-    url = lib.publish_model(local_dir, store_url, version, {k: Path(v) for k, v in (extra_files or {}).items()})
+    version = version or store.make_version(local_dir)
+    url = store.publish_model(local_dir, store_url, version, {k: Path(v) for k, v in (extra_files or {}).items()})
     create_markdown_artifact(f"# DocRE-II model {version}\n\n- location: `{lib.redact_url(url)}`\n"
                              f"- `{lib.redact_url(store_url)}/latest` -> `{version}`\n",
                              key="docre-model-published", description=f"published model {version}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from docre import extract as ex
+from docre import store as model_store
 from docre.data.docred import write_docred
 from docre.data.document import cdr_inventory
 from docre.data.io import read_documents
@@ -130,16 +131,16 @@ def test_publish_resolve_and_cached_load(tmp_path, model):
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     store = str(tmp_path / "store")
-    url = ex.publish_model(ckpt, store, "v1")
+    url = model_store.publish_model(ckpt, store, "v1")
     assert (tmp_path / "store" / "latest").read_text().strip() == "v1"
-    assert ex.resolve_model(store) == (url, "v1") and ex.resolve_model(url) == (url, "v1")
-    ex.publish_model(ckpt, store, "v1")  # same content again: idempotent
+    assert model_store.resolve_model(store) == (url, "v1") and model_store.resolve_model(url) == (url, "v1")
+    model_store.publish_model(ckpt, store, "v1")  # same content again: idempotent
     (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + " ")
     with pytest.raises(FileExistsError):
-        ex.publish_model(ckpt, store, "v1")
-    m1 = ex.load_model(url, "v1", "cpu")
-    assert ex.load_model(url, "v1", "cpu") is m1
-    assert ex.model_cache_info()["loads"].count([url, "v1", "cpu"]) == 1
+        model_store.publish_model(ckpt, store, "v1")
+    m1 = model_store.load_model(url, "v1", "cpu")
+    assert model_store.load_model(url, "v1", "cpu") is m1
+    assert model_store.model_cache_info()["loads"].count([url, "v1", "cpu"]) == 1
 
 
 def test_record_counts_are_cached_by_fingerprint(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ The model is tiny (conftest's random BERT) so everything runs on a laptop CPU.
 """
 from __future__ import annotations
 
-import gzip
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ os.environ["DOCRE_FAULT_INJECT_DIR"] = FAULT_DIR  # inherited by Dask worker pro
 import pytest  # noqa: E402
 
 from docre import extract as ex  # noqa: E402
+from docre import store as model_store  # noqa: E402
 from docre.data.document import cdr_inventory  # noqa: E402
 from docre.data.io import read_documents  # noqa: E402
 
@@ -84,7 +84,7 @@ def published(s3, tiny_encoder, tmp_path_factory):
     torch.manual_seed(0)
     ckpt = tmp_path_factory.mktemp("ckpt")
     DocREModel.create(ModelConfig(encoder=tiny_encoder), cdr_inventory(), pretrained=True).save_pretrained(ckpt)
-    url = ex.publish_model(ckpt, f"s3://{BUCKET}/models", "v1")
+    url = model_store.publish_model(ckpt, f"s3://{BUCKET}/models", "v1")
     return {"store": f"s3://{BUCKET}/models", "url": url, "model": DocREModel.from_pretrained(ckpt)}
 
 
@@ -193,7 +193,7 @@ def test_injected_failure_is_retried(prefect_api, s3, published, inputs, dask_ad
     assert sorted(r.run_count for r in runs) == [1, 1, 1, 2]
     # the model was loaded once per worker process, not once per shard (this cluster ran several flows)
     with Client(dask_address) as client:
-        infos = client.run(ex.model_cache_info)
+        infos = client.run(model_store.model_cache_info)
     loads = [k for info in infos.values() for k in info["loads"]]
     assert 1 <= len(loads) <= len(infos) == 2
 
@@ -212,7 +212,7 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
     result = state.result()
     version = result["version"]
     assert s3.cat_file(f"{BUCKET}/trained/latest").decode().strip() == version
-    assert ex.resolve_model(store) == (f"{store}/{version}", version)
+    assert model_store.resolve_model(store) == (f"{store}/{version}", version)
     for name in ("config.json", "model.safetensors", "version.json", "report/f1_by_iteration.png",
                  "report/learning_curves.png", "report/per_relation_f1.png", "report/metrics.json"):
         assert s3.exists(f"{BUCKET}/trained/{version}/{name}"), name
@@ -277,7 +277,7 @@ def test_deploy_all_and_run_extract_through_a_process_worker(prefect_api, tiny_e
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
     DocREModel.create(ModelConfig(encoder=tiny_encoder), cdr_inventory(), pretrained=True).save_pretrained(ckpt)
-    ex.publish_model(ckpt, str(tmp_path / "models"), "v7")
+    model_store.publish_model(ckpt, str(tmp_path / "models"), "v7")
     out = cli("deployment", "run", "docre-extract/docre-extract", "--param", f"inputs={CDR}",
               "--param", f"out_url={tmp_path}/triples/{{model_version}}", "--param", f"model_url={tmp_path}/models",
               "--param", "docs_per_shard=2", "--param", "n_workers=1")

@@ -173,7 +173,7 @@ def write_pubtator(docs: Iterable[Document]) -> Iterator[str]:
         if doc.text is not None and doc.token_chars is not None:
             text, token_chars = doc.text, doc.token_chars
         else:
-            text, token_chars, pos = "", [], 0
+            text, token_chars = "", []
             for sent in doc.sentences:
                 spans = []
                 for tok in sent:
