@@ -31,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -105,6 +107,8 @@ class ShardResult:
     triples_file: str = ""
     quarantine_file: str = ""
     seconds: float = 0.0
+    worker: str = ""  # host:pid of the process that extracted the shard
+    peak_rss_mb: float = 0.0  # that process's peak resident memory when it committed
     committed_at: str = ""
     skipped: bool = False  # True when the shard was already committed and nothing was done
 
@@ -116,6 +120,11 @@ class ShardResult:
     def from_dict(d: dict) -> "ShardResult":
         known = {f for f in ShardResult.__dataclass_fields__}
         return ShardResult(**{k: v for k, v in d.items() if k in known})
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # ------------------------------------------------------------------------------ small fs helpers
@@ -458,7 +467,8 @@ def extract_shard(model, spec: ShardSpec, out_url: str, model_version: str, iter
                          docs_out=len(docs) - len(failed), quarantined=len(quarantine), triples=len(rows),
                          model_version=model_version, triples_file=f"triples/shard-{spec.shard_id}.parquet",
                          quarantine_file=f"quarantine/shard-{spec.shard_id}.parquet",
-                         seconds=round(time.time() - t0, 3))
+                         seconds=round(time.time() - t0, 3), worker=f"{socket.gethostname()}:{os.getpid()}",
+                         peak_rss_mb=_peak_rss_mb())
     if not result.balanced:  # cannot happen unless the code above is wrong; never commit it
         raise AssertionError(f"shard {spec.shard_id}: docs_in {result.docs_in} != docs_out {result.docs_out} "
                              f"+ quarantined {result.quarantined}")
