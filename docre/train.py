@@ -185,7 +185,7 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
     device = next(model.parameters()).device
     out = Path(cfg.out_dir) / f"stage{stage}"
     state_dir, best_dir = out / "last", out / "best"
-    train_ex, _ = train
+    train_ex, train_docs = train
     dev_ex, dev_docs = dev
     rng = random.Random(cfg.seed + stage)
     steps_per_epoch = math.ceil(len(bucketed_batches(train_ex, sc.batch_size, False, max_tokens=cfg.max_tokens))
@@ -229,7 +229,7 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
         train_seconds = time.time() - t0
-        scores = evaluate(model, dev_ex, dev_docs, eval_k, progress=False)
+        scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
         f1 = scores[f"K{select_k}"]["f1"]
         record = {"stage": stage, "epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
                   "train_seconds": round(train_seconds, 1), "train_docs_per_s": round(n_docs / train_seconds, 2),
