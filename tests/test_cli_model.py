@@ -1,0 +1,84 @@
+"""The model commands of the CLI end to end on the tiny encoder: train, evaluate, predict (JSONL, Parquet, result.json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from conftest import FIXTURES
+from docre.cli import main
+from docre.data.atlop import read_atlop
+from docre.metrics import read_docred_result
+from docre.model.docre_ii import DocREModel
+
+DATA = FIXTURES / "cdr_sample.data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_encoder, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["data", "tokenize", str(DATA), str(root / "data"), "--encoder", tiny_encoder, "--relations", "cdr"]) == 0
+    config = {"train_data": str(root / "data"), "dev_data": str(root / "data"), "out_dir": str(root / "run"),
+              "stage1": {"epochs": 1, "batch_size": 2}, "stage2": {"epochs": 1, "batch_size": 2},
+              "model": {"encoder": tiny_encoder, "feature_dim": 16, "iterations": 2,
+                        "inference": {"num_layers": 1}},
+              "progress": False}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(root / "config.yaml")]) == 0
+    return root
+
+
+def test_train_writes_both_stages(trained, capsys):
+    for stage in (1, 2):
+        assert (trained / "run" / f"stage{stage}" / "best" / "model.safetensors").exists()
+        history = json.loads((trained / "run" / f"stage{stage}" / "history.json").read_text())
+        assert [h["epoch"] for h in history] == [1]
+    assert "K2" in history[0]["dev"]
+
+
+def test_config_errors_are_reported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_data: a\ndev_data: b\nout_dir: c\nstage1: {epochs: 1, learning_rate: 3}\n")
+    with pytest.raises(Exception, match="learning_rate"):
+        main(["train", str(bad)])
+
+
+def test_evaluate_prints_every_iteration(trained, capsys):
+    out_json = trained / "scores.json"
+    assert main(["evaluate", str(trained / "run" / "stage2" / "best"), str(trained / "data"), "--device", "cpu",
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:4]] == ["0", "1", "2"]
+    scores = json.loads(out_json.read_text())
+    assert set(scores) >= {"K0", "K1", "K2", "docs_per_s"}
+
+
+def test_predict_outputs_agree_with_the_api(trained, tmp_path, capsys):
+    model_dir = trained / "run" / "stage1" / "best"  # predicts facts (dev F1 > 0 on these 3 documents)
+    with open(DATA) as f:
+        docs = list(read_atlop(f, str(DATA)))
+    expected = sorted((t.doc_id, t.head, t.tail, t.relation, t.iteration)
+                      for t in DocREModel.from_pretrained(model_dir).predict(docs))
+    jsonl, parquet, result = tmp_path / "t.jsonl", tmp_path / "t.parquet", tmp_path / "result.json"
+    for out in (jsonl, parquet, result):
+        assert main(["predict", str(model_dir), str(DATA), str(out), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert rows  # the stage-1 model on its own training documents predicts some facts
+    assert sorted((r["doc_id"], r["head"], r["tail"], r["relation"], r["iteration"]) for r in rows) == expected
+    assert all({"head_name", "tail_name", "score", "relation_name"} <= set(r) for r in rows)
+    table = pq.read_table(parquet).to_pylist()
+    assert sorted((r["doc_id"], r["head"], r["tail"], r["relation"], r["iteration"]) for r in table) == expected
+    assert sorted(read_docred_result(result, docs)) == sorted(e[:4] for e in expected)
+    assert f"{len(docs)} documents -> {len(rows)} triples" in capsys.readouterr().err
