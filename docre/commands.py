@@ -22,6 +22,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .model.docre_ii import DocREModel
     from .train import evaluate, load_split, resolve_device
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
+    if args.output:
+        model.config.output = args.output
     examples, docs = load_split(args.data)
     train_docs = load_split(args.train_data)[1] if args.train_data else None
     iterations = list(range(model.config.iterations + 1)) if args.iterations is None else \
@@ -103,6 +105,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", help="comma-separated K values (default 0..K)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the scores here")
+    p.add_argument("--output", choices=["last", "sum"],
+                   help="override how iterations combine: P^(K) (paper) or summed logits (authors' release)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="extract triples from documents")
