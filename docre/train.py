@@ -219,7 +219,9 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
             batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
             with _autocast(device):
                 loss, parts = model.stage1_loss(batch) if stage == 1 else model.stage2_loss(batch, generator)
-            (loss / sc.grad_accum).backward()
+            # average over the micro-batches of this optimizer step (the last group may be shorter)
+            group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
+            (loss / group).backward()
             losses.append(loss.item())
             n_docs += len(chunk)
             if (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches):

@@ -252,3 +252,19 @@ def test_gradient_accumulation_equals_a_larger_batch(dataset, tiny_encoder, tmp_
                                    msg=lambda m, k=k: f"{k}: {m}")
     # Adam divides by sqrt(v): float noise in near-zero gradients shows up at ~1e-6 of a 1e-3 step
     assert_same_weights(model_a, model_b, atol=2e-5)
+
+
+def test_incomplete_accumulation_group_is_not_scaled_down(dataset, tiny_encoder, tmp_path, monkeypatch):
+    """Three batches with grad_accum=2: the second optimizer step holds one batch and must get its full gradient."""
+    examples, docs = load_split(dataset, limit=3)
+    split = (examples, docs)
+    accum = dict(stage1=StageConfig(epochs=1, batch_size=1, grad_accum=2, lr_encoder=0.0, lr_head=0.0))
+    single = dict(stage1=StageConfig(epochs=1, batch_size=1, grad_accum=1, lr_encoder=0.0, lr_head=0.0))
+    # lr 0: weights never move, so every step's gradient is the plain gradient of its own batches
+    _, grads_accum = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "a", **accum), split, monkeypatch)
+    _, grads_single = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "b", **single), split,
+                                          monkeypatch)
+    assert len(grads_accum) == 2 and len(grads_single) == 3
+    # the lone last batch of the accumulated run is one of the single-batch steps, unscaled
+    last = grads_accum[-1]
+    assert any(all(torch.allclose(last[k], g[k], atol=1e-6, rtol=1e-4) for k in last) for g in grads_single)
