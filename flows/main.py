@@ -21,8 +21,8 @@ EXAMPLES = ROOT / "examples"
 
 # short schedule for the demo; the synthetic documents are small and regular
 DEMO_CONFIG = {
-    "stage1": {"epochs": 4, "batch_size": 4, "lr_encoder": 1e-4, "lr_head": 1e-3},
-    "stage2": {"epochs": 2, "batch_size": 4, "lr_encoder": 1e-5, "lr_head": 1e-3},
+    "stage1": {"epochs": 20, "batch_size": 4, "lr_encoder": 1e-4, "lr_head": 1e-3},
+    "stage2": {"epochs": 8, "batch_size": 4, "lr_encoder": 1e-5, "lr_head": 1e-3},
     "model": {"encoder": None, "feature_dim": 128, "iterations": 3, "max_labels": 4},
 }
 
