@@ -20,7 +20,7 @@ def load(run: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     ks = sorted({k for r in rows for k in r["dev"] if k.startswith("K")})
-    head = f"| stage | epoch | loss | s/epoch | train docs/s | predict docs/s | peak MB | " + \
+    head = "| stage | epoch | loss | s/epoch | train docs/s | predict docs/s | peak MB | " + \
            " | ".join(f"dev F1 {k}" for k in ks) + " |"
     lines = [head, "|" + "---|" * (7 + len(ks))]
     for r in rows:

@@ -45,3 +45,13 @@ def build_tiny_encoder(path: Path, hidden: int = 32, layers: int = 2, heads: int
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> str:
     return str(build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on a shared CPU: one intra-op thread avoids thread contention (several times faster)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

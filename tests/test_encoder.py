@@ -10,13 +10,7 @@ import torch
 from docre.model.encoder import WindowedEncoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one intra-op thread avoids thread contention (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLS, SEP, PAD = 2, 3, 0

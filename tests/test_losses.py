@@ -9,13 +9,7 @@ import torch
 from docre.model.losses import adaptive_threshold_loss, threshold_decode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one intra-op thread avoids thread contention (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # one pair, three classes: column 0 is the threshold class TH

@@ -20,13 +20,7 @@ from docre.model.docre_ii import DocREModel, ModelConfig, Triple, restrict_to_ca
 from docre.model.inference import FullPairAttention, InferenceConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one intra-op thread avoids thread contention (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"

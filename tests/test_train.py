@@ -23,13 +23,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"
 MODEL = dict(feature_dim=16, iterations=2, inference=dict(num_layers=1, ffn_dim=32, predictor_dim=16))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one intra-op thread avoids thread contention (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,23 @@ def _additive_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # attention units
 # ---------------------------------------------------------------------------------------------
-class ExtendedCrossAttention(nn.Module):
+class _FourHeadProjections(nn.Module):
+    """Q, K, V and W_O of a four-head attention unit over pair representations (shared by ECA and its ablation)."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden % NUM_ECA_HEADS != 0:
+            raise ValueError(f"hidden={hidden} must be divisible by {NUM_ECA_HEADS}")
+        self.hidden = hidden
+        self.head_dim = hidden // NUM_ECA_HEADS
+        self.q_proj = nn.Linear(in_dim, hidden)
+        self.k_proj = nn.Linear(in_dim, hidden)
+        self.v_proj = nn.Linear(in_dim, hidden)
+        self.o_proj = nn.Linear(hidden, hidden)  # W_O of eq. 7
+        self.dropout = nn.Dropout(dropout)
+
+
+class ExtendedCrossAttention(_FourHeadProjections):
     """Extended Cross Attention, eq. 5-7.
 
     Input ``M = [F, R]`` of shape ``[B, N, N, in_dim]`` (in_dim = 2d), output ``[B, N, N, d]``.
@@ -158,18 +174,6 @@ class ExtendedCrossAttention(nn.Module):
     (g, g) is not an entity pair), so a single ``[B*N, 1, 1, N]`` mask serves all four heads.
     Outputs of queries that are not valid pairs (padding and the diagonal) are set to zero.
     """
-
-    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__()
-        if hidden % NUM_ECA_HEADS != 0:
-            raise ValueError(f"hidden={hidden} must be divisible by {NUM_ECA_HEADS}")
-        self.hidden = hidden
-        self.head_dim = hidden // NUM_ECA_HEADS
-        self.q_proj = nn.Linear(in_dim, hidden)
-        self.k_proj = nn.Linear(in_dim, hidden)
-        self.v_proj = nn.Linear(in_dim, hidden)
-        self.o_proj = nn.Linear(hidden, hidden)  # W_O of eq. 7
-        self.dropout = nn.Dropout(dropout)
 
     @staticmethod
     def _arrange(x: Tensor, keys: bool) -> Tensor:
@@ -240,24 +244,12 @@ class ExtendedCrossAttention(nn.Module):
         return dense * pair_mask.reshape(b, 1, n * n, 1).to(dense.dtype)
 
 
-class FullPairAttention(nn.Module):
+class FullPairAttention(_FourHeadProjections):
     """Ablation "w/o ECA": standard 4-head self-attention (eq. 6-7 without the row/column
     restriction) in which every valid pair attends to every valid pair of its document.
 
     Same interface as :class:`ExtendedCrossAttention`; scores are ``[B, 4, N^2, N^2]``, so this
     variant costs N^4 memory and is meant for the ablation only."""
-
-    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__()
-        if hidden % NUM_ECA_HEADS != 0:
-            raise ValueError(f"hidden={hidden} must be divisible by {NUM_ECA_HEADS}")
-        self.hidden = hidden
-        self.head_dim = hidden // NUM_ECA_HEADS
-        self.q_proj = nn.Linear(in_dim, hidden)
-        self.k_proj = nn.Linear(in_dim, hidden)
-        self.v_proj = nn.Linear(in_dim, hidden)
-        self.o_proj = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False):
         """Returns ``[B, N, N, d]`` (and dense ``[B, 4, N*N, N*N]`` weights when asked)."""
