@@ -7,6 +7,7 @@ from typing import Iterable
 import polars as pl
 
 from .document import Document, RelationInventory
+from .tokenize import encode_document
 
 
 def document_table(docs: Iterable[Document], inventory: RelationInventory | None = None,
@@ -18,7 +19,6 @@ def document_table(docs: Iterable[Document], inventory: RelationInventory | None
         relations.update(f.relation for f in facts)
         n_subwords = None
         if tokenizer is not None:
-            from .tokenize import encode_document
             n_subwords = encode_document(d, tokenizer, inventory or RelationInventory.from_documents([d]),
                                          marker)["num_tokens"]
         rows.append({

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..pretrained import DEFAULT_ENCODER, load_tokenizer, vocab_hash
-from .document import Document, RelationInventory
+from .document import Document, DocumentError, RelationInventory
 from .io import Quarantined, checksum, load_inventory, read_documents
 
 SCHEMA_VERSION = 1
@@ -114,9 +114,10 @@ def encode_document(doc: Document, tokenizer, inventory: RelationInventory, mark
 
     input_ids = [tokenizer.cls_token_id] + ids + [tokenizer.sep_token_id]
     mention_pos = [[sub_of(word_pos[(m.sent_id, m.start)]) for m in e.mentions] for e in doc.entities]
-    for positions in mention_pos:
-        for p in positions:
-            assert input_ids[p] == tokenizer.convert_tokens_to_ids(marker), (doc.id, p)
+    marker_id = tokenizer.convert_tokens_to_ids(marker)
+    if any(input_ids[p] != marker_id for positions in mention_pos for p in positions):
+        raise ValueError(f"document {doc.id!r}: the tokenizer split the marker {marker!r}; choose a marker "
+                         f"that is a single token of its vocabulary")
     heads, tails, rels = [], [], []
     for f in doc.facts or []:
         heads.append(f.head)
@@ -216,7 +217,6 @@ def _read_all(inputs: list[str], cfg: TokenizeConfig, inventory: RelationInvento
     for url in inputs:
         for doc in read_documents(url, cfg.format, inventory, quarantine):
             if doc.id in seen:  # across files: ids must stay unique within one dataset
-                from .document import DocumentError
                 err = DocumentError(url, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
                                                                  f"(already read from an earlier input)")
                 if quarantine is None:
