@@ -59,30 +59,71 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
     return validate_document(doc, source, inventory, where)
 
 
+def _complete_elements(text: str) -> int:
+    """How many elements of a JSON array parse before the point where it breaks."""
+    decoder, n, i = json.JSONDecoder(), 0, text.index("[") + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        try:
+            _, i = decoder.raw_decode(text, i)
+        except (json.JSONDecodeError, ValueError):
+            return n
+        n += 1
+
+
+def _whole(text: str, source: str, skipped: int):
+    """Parse a whole-file JSON value (an array, or one pretty-printed object); reject it as a whole if broken."""
+    from .pubtator import bad_utf8
+    for n, line in enumerate(text.splitlines(), skipped + 1):
+        if (problem := bad_utf8(line)) is not None:
+            raise DocumentError(source, f"line {n}", problem)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        truncated = e.pos >= len(text.rstrip())
+        err = DocumentError(source, f"line {e.lineno + skipped}", f"invalid JSON{' (truncated file)' if truncated else ''}"
+                                                                   f": {e.msg}; the file is rejected as a whole")
+        if text.lstrip().startswith("["):  # what it stands for: the documents that parsed, plus the broken one
+            err.count = _complete_elements(text) + 1
+            err.problem += f" ({err.count} documents)"
+        raise err from None
+
+
 def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str, object]]:
-    """(where, raw object) for a JSON array, or streamed line by line for JSON lines."""
+    """(where, raw object) for a JSON array or one object, or streamed line by line for JSON lines."""
+    from .pubtator import bad_utf8
     it = iter(lines.splitlines(keepends=True) if isinstance(lines, str) else lines)
     first, skipped = "", 0  # leading blank lines, so reported line numbers count from the file's start
     for first in it:
         if first.strip():
             break
         skipped += 1
+    first = first.removeprefix("\ufeff")
     if first.lstrip().startswith("["):  # one JSON array: must be parsed whole
-        text = first + "".join(it)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DocumentError(source, f"line {e.lineno + skipped}", f"invalid JSON: {e.msg}") from None
-        for i, raw in enumerate(data):
+        data = _whole(first + "".join(it), source, skipped)
+        for i, raw in enumerate(data if isinstance(data, list) else [data]):
             yield f"document {i}", raw
         return
+    if first.lstrip().startswith("{"):
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:  # not JSON lines: one pretty-printed object (or a broken file)
+            data = _whole(first + "".join(it), source, skipped)
+            for i, raw in enumerate(data if isinstance(data, list) else [data]):
+                yield f"document {i}", raw
+            return
     for n, line in enumerate(itertools.chain([first], it), skipped + 1):
         if not line.strip():
             continue
         try:
-            yield f"line {n}", json.loads(line)
-        except json.JSONDecodeError as e:
-            err = DocumentError(source, f"line {n}", f"invalid JSON: {e.msg}")
+            if (problem := bad_utf8(line)) is not None:
+                raise DocumentError(source, f"line {n}", problem)
+            try:
+                yield f"line {n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DocumentError(source, f"line {n}", f"invalid JSON: {e.msg}") from None
+        except DocumentError as err:
             if on_error is None:
                 raise err from None
             on_error(err)

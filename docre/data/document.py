@@ -16,9 +16,13 @@ NO_RELATION = "Na"
 class DocumentError(ValueError):
     """A bad input record; the message always names where it came from and why."""
 
-    def __init__(self, source: str, where: str, problem: str):
+    def __init__(self, source: str, where: str, problem: str, count: int = 1):
         self.source, self.where, self.problem = source, where, problem
+        self.count = count  # documents the error stands for (a file rejected as a whole may hold several)
         super().__init__(f"{source}: {where}: {problem}")
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.where}: {self.problem}"
 
 
 @dataclass
@@ -93,6 +97,8 @@ class RelationInventory:
     ids: list[str]
     names: dict[str, str] = field(default_factory=dict)
     pair_types: list[tuple[str, str]] | None = None
+    # entity types of the training data (recorded by tokenization); None for inventories from before that
+    entity_types: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.ids or self.ids[0] != NO_RELATION:
@@ -125,18 +131,60 @@ class RelationInventory:
                 if h != t and self.is_candidate(ents[h].type, ents[t].type)]
 
     def to_json(self) -> str:
-        return json.dumps({"ids": self.ids, "names": self.names,
-                           "pair_types": self.pair_types}, sort_keys=True)
+        d = {"ids": self.ids, "names": self.names, "pair_types": self.pair_types}
+        if self.entity_types is not None:  # absent rather than null, so older cache keys stay the same
+            d["entity_types"] = self.entity_types
+        return json.dumps(d, sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "RelationInventory":
         d = json.loads(text)
-        return RelationInventory(d["ids"], d.get("names", {}), d.get("pair_types"))
+        return RelationInventory(d["ids"], d.get("names", {}), d.get("pair_types"), d.get("entity_types"))
 
     @staticmethod
     def from_documents(docs: Iterable[Document], pair_types=None) -> "RelationInventory":
         ids = sorted({f.relation for d in docs for f in (d.facts or [])})
         return RelationInventory(ids, {}, pair_types)
+
+
+def keep_entity_types(doc: Document, types: set[str], counts: dict | None = None) -> Document:
+    """`doc` without entities of other types (and without facts that involve them).
+
+    A model only scores entity types it was trained on; the others are left out
+    of its input and counted per type, so a curator sees what was skipped.
+    """
+    keep = [i for i, e in enumerate(doc.entities) if e.type in types]
+    if len(keep) == len(doc.entities):
+        return doc
+    if counts is not None:
+        for e in doc.entities:
+            if e.type not in types:
+                key = f"entities of type {e.type!r} left out"
+                counts[key] = counts.get(key, 0) + 1
+    new_index = {old: new for new, old in enumerate(keep)}
+    facts = None if doc.facts is None else [
+        Fact(new_index[f.head], new_index[f.tail], f.relation, f.evidence)
+        for f in doc.facts if f.head in new_index and f.tail in new_index]
+    return Document(doc.id, doc.sentences, [doc.entities[i] for i in keep], facts, doc.title, doc.text,
+                    doc.token_chars)
+
+
+def drop_unknown_relations(doc: Document, inventory: RelationInventory, counts: dict | None = None) -> Document:
+    """`doc` without gold facts whose relation the inventory does not know (counted per relation).
+
+    Prediction never needs gold labels, so labels from another schema
+    (PubTator3's Association on a CDR model) must not stop it.
+    """
+    if not doc.facts or all(f.relation in inventory for f in doc.facts):
+        return doc
+    kept = []
+    for f in doc.facts:
+        if f.relation in inventory:
+            kept.append(f)
+        elif counts is not None:
+            key = f"gold labels with relation {f.relation!r} ignored (not in the model's inventory)"
+            counts[key] = counts.get(key, 0) + 1
+    return Document(doc.id, doc.sentences, doc.entities, kept, doc.title, doc.text, doc.token_chars)
 
 
 CDR_INVENTORY_ARGS = dict(ids=[NO_RELATION, "CID"], names={"CID": "chemical induces disease"},

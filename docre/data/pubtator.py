@@ -17,29 +17,41 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Literal
 
-from .document import Document, DocumentError, Entity, Fact, Mention, RelationInventory
-from .segment import sentence_spans, token_spans
-from .validate import validate_document
+from .assemble import AssembleOptions, RawDocument, RawMention, RawRelation, assemble, split_ids
+from .document import Document, DocumentError, RelationInventory
 
-UNLINKED = {"-1", ""}
+
+def bad_utf8(line: str) -> str | None:
+    """Where a line decoded with ``surrogateescape`` holds bytes that are not UTF-8, as a message."""
+    for i, ch in enumerate(line):
+        if "\udc80" <= ch <= "\udcff":
+            col = len(line[:i].encode("utf-8", "surrogateescape"))
+            return f"byte {col + 1} of the line is not valid UTF-8 (0x{ord(ch) - 0xdc00:02x})"
+    return None
 
 
 class _Raw:
-    """One document's lines as read, before any checking; `error` holds the first malformed line."""
+    """One document's lines as read, before any checking; `error` holds the first problem found."""
 
     def __init__(self, pmid: str, line: int):
         self.pmid, self.line = pmid, line
         self.title: str | None = None
         self.abstract: str | None = None
-        self.mentions: list[tuple[int, int, str, str, list[str], int]] = []  # start, end, text, type, ids, line
+        self.mentions: list[tuple[int, int, str, str, str, int]] = []  # start, end, text, type, ids, line
         self.relations: list[tuple[str, str, str, int]] = []
         self.error: DocumentError | None = None
+
+    def fail(self, source: str, n: int, problem: str) -> None:
+        if self.error is None:
+            self.error = DocumentError(source, f"line {n}, document {self.pmid!r}", problem)
 
 
 def _parse(lines: Iterable[str], source: str) -> Iterator[_Raw]:
     doc: _Raw | None = None
     for n, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
+        if n == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             if doc is not None:
                 yield doc
@@ -60,38 +72,41 @@ def _parse(lines: Iterable[str], source: str) -> Iterator[_Raw]:
                 doc.title = body
             else:
                 doc.abstract = body
+            if (problem := bad_utf8(line)) is not None:
+                doc.fail(source, n, problem)
             continue
         fields = line.split("\t")
         pmid = fields[0]
-        if doc is None or pmid != doc.pmid:
-            if doc is not None:
-                yield doc
+        if doc is None:
+            # annotation lines with no title line before them: one record for the whole run of them
             doc = _Raw(pmid, n)
-            doc.error = DocumentError(source, f"line {n}, document {pmid!r}",
-                                      "annotation line outside a document (no title line before it)")
+            doc.fail(source, n, "annotation line outside a document (no title line before it)")
             continue
-        if doc.error is not None:
+        if pmid != doc.pmid:
+            # a line of another document inside this one: this document is suspect, its neighbours are not
+            doc.fail(source, n, f"annotation line for document {pmid!r} inside document {doc.pmid!r}")
+            continue
+        if (problem := bad_utf8(line)) is not None:
+            doc.fail(source, n, problem)
             continue
         if len(fields) >= 6:
             try:
                 start, end = int(fields[1]), int(fields[2])
             except ValueError:
-                doc.error = DocumentError(source, f"line {n}, document {pmid!r}",
-                                          f"malformed mention line: offsets {fields[1]!r}, {fields[2]!r} "
-                                          f"are not integers")
+                doc.fail(source, n, f"malformed mention line: offsets {fields[1]!r}, {fields[2]!r} are not integers")
                 continue
-            doc.mentions.append((start, end, fields[3], fields[4], [i.strip() for i in fields[5].split("|")], n))
+            doc.mentions.append((start, end, fields[3], fields[4], fields[5], n))
         elif len(fields) in (4, 5) and not fields[1].lstrip("-").isdigit():
             doc.relations.append((fields[1], fields[2], fields[3], n))
         else:
-            doc.error = DocumentError(source, f"line {n}, document {pmid!r}",
-                                      f"malformed line: expected a mention line (6 tab-separated fields) or a "
-                                      f"relation line (4 fields), got {len(fields)} fields")
+            doc.fail(source, n, f"malformed line: expected a mention line (6 tab-separated fields) or a "
+                                f"relation line (4 fields), got {len(fields)} fields")
     if doc is not None:
         yield doc
 
 
-def _build(raw: _Raw, source: str, unlinked: str, inventory: RelationInventory | None) -> Document:
+def _build(raw: _Raw, source: str, unlinked: str, inventory: RelationInventory | None,
+           counts: dict | None = None) -> Document:
     where = f"line {raw.line}, document {raw.pmid!r}"
     if raw.error is not None:
         raise raw.error
@@ -101,66 +116,32 @@ def _build(raw: _Raw, source: str, unlinked: str, inventory: RelationInventory |
     text = title + " " + abstract if abstract else title
     if not text.strip():
         raise DocumentError(source, where, "empty document (title and abstract are empty)")
-    for start, end, mtext, _, _, n in raw.mentions:
-        mwhere = f"line {n}, document {raw.pmid!r}"
-        if not 0 <= start < end <= len(text):
-            raise DocumentError(source, mwhere, f"mention {mtext!r} offsets [{start}, {end}) outside the text "
-                                                f"({len(text)} characters)")
-        if text[start:end] != mtext:
-            raise DocumentError(source, mwhere, f"mention {mtext!r} does not match the text at [{start}, {end}): "
-                                                f"{text[start:end]!r}")
-    protected = [(s, e) for s, e, *_ in raw.mentions]
-    boundaries = {c for s, e in protected for c in (s, e)}
-    sents = sentence_spans(text, 0, len(title), protected) + sentence_spans(text, len(title), len(text), protected)
-    token_chars = [token_spans(text, a, b, boundaries) for a, b in sents]
-    sentences = [[text[a:b] for a, b in toks] for toks in token_chars]
-    # character offset -> (sentence, token) lookup for mention spans
-    start_at, end_at = {}, {}
-    for si, toks in enumerate(token_chars):
-        for ti, (a, b) in enumerate(toks):
-            start_at[a] = (si, ti)
-            end_at[b] = (si, ti + 1)
-    entities: list[Entity] = []
-    by_id: dict[str, int] = {}
-    for start, end, mtext, mtype, ids, n in raw.mentions:
-        s_tok, e_tok = start_at.get(start), end_at.get(end)
-        if s_tok is None or e_tok is None or s_tok[0] != e_tok[0]:
-            raise DocumentError(source, f"line {n}, document {raw.pmid!r}",
-                                f"mention {mtext!r} [{start}, {end}) does not map to a token span in one sentence")
-        mention = Mention(s_tok[0], s_tok[1], e_tok[1], mtext, start, end)
-        linked = [i for i in ids if i not in UNLINKED]
-        if not linked:
-            if unlinked == "keep":
-                entities.append(Entity([mention], mtype, None))
-            continue
-        for kb in dict.fromkeys(linked):
-            if kb not in by_id:
-                by_id[kb] = len(entities)
-                entities.append(Entity([], mtype, kb))
-            entities[by_id[kb]].mentions.append(mention)
-    facts = []
-    for rel, id1, id2, n in raw.relations:
-        for kb in (id1, id2):
-            if kb not in by_id:
-                raise DocumentError(source, f"line {n}, document {raw.pmid!r}",
-                                    f"relation {rel} points at entity {kb!r}, which has no mention in the document")
-        facts.append(Fact(by_id[id1], by_id[id2], rel))
-    doc = Document(raw.pmid, sentences, entities, facts, title, text, token_chars)
-    return validate_document(doc, source, inventory, where)
+    mentions = [RawMention(s, e, t, typ, split_ids(ids), f"line {n}") for s, e, t, typ, ids, n in raw.mentions]
+    relations = [RawRelation(rel, ("", a), ("", b), f"line {n}") for rel, a, b, n in raw.relations]
+    doc = RawDocument(raw.pmid, text, [(0, len(title)), (len(title), len(text))], title, mentions, relations,
+                      where=where)
+    return assemble(doc, source, inventory, AssembleOptions(unlinked=unlinked), counts)
 
 
 def read_pubtator(lines: Iterable[str], source: str, inventory: RelationInventory | None = None,
                   unlinked: Literal["drop", "keep"] = "drop",
-                  on_error: Callable[[DocumentError], None] | None = None) -> Iterator[Document]:
-    """Stream documents from PubTator lines; bad documents raise, or go to `on_error` and are skipped."""
+                  on_error: Callable[[DocumentError], None] | None = None,
+                  counts: dict | None = None) -> Iterator[Document]:
+    """Stream documents from PubTator lines; bad documents raise, or go to `on_error` and are skipped.
+
+    Reads CDR/GDA files and PubTator3 API exports alike: a UTF-8 BOM and CRLF
+    line ends are accepted, ids may be ``MESH:``-prefixed and joined by ``|``,
+    ``;`` or ``,``, and ``-``/``-1``/empty mark unlinked mentions.
+    """
     seen: set[str] = set()
     for item in _parse(lines, source):
         try:
-            if item.pmid in seen:
+            if item.error is None and item.pmid in seen:
                 raise DocumentError(source, f"line {item.line}, document {item.pmid!r}",
                                     f"duplicate document id {item.pmid!r}")
+            doc = _build(item, source, unlinked, inventory, counts)
             seen.add(item.pmid)
-            yield _build(item, source, unlinked, inventory)
+            yield doc
         except DocumentError as err:
             if on_error is None:
                 raise

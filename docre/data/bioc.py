@@ -1,0 +1,414 @@
+"""BioC XML and BioC JSON: PubTator3 bulk archives, the PubTator3 API, BioCreative CDR's BioC release.
+
+Both encodings are read into the same plain dict per document (the BioC JSON
+shape) and then into one `RawDocument`, so XML and JSON cannot disagree.
+
+* **Passages.** Title + abstract by default, which is what models are trained
+  on: a passage counts when its ``type`` infon is ``title``/``abstract``/
+  ``front`` or its ``section_type`` is ``TITLE``/``ABSTRACT``; a document whose
+  passages carry neither infon is taken whole (first passage = title).
+  ``passages="all"`` keeps full text (PMC articles). Kept passages are joined
+  by one space and are hard sentence boundaries.
+* **Offsets** are document coordinates (a passage's text starts at its own
+  ``<offset>``; gaps between passages are normal); each annotation location is
+  mapped into the joined text. Annotations need not be sorted; entities are
+  numbered by first mention in text order.
+* **Ids**: the ``identifier`` infon (else ``MESH``/``NCBI Gene``/... infons),
+  split and normalised as described in `docre.data.assemble`.
+* **Relations**: PubTator3's ``role1``/``role2`` infons (``Chemical|MESH:D003911``),
+  else ``<node refid role>``s pointing at annotations, else the CDR release's
+  ``relation``/``Chemical``/``Disease`` infons. Relations whose entity has no
+  mention in the kept passages are dropped (counted), not fatal.
+* **Document id**: the PMID (``article-id_pmid`` infon for PMC full text), else ``<id>``.
+* A document is labelled (facts, possibly none) when it has relations or the
+  writer marked it (document infon ``docre_labelled``); otherwise it is
+  unlabelled, as raw PubTator3 output is.
+
+Parsing is lxml ``iterparse``: one ``<document>`` at a time, cleared after
+use, so memory stays flat on 20 GB archives.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import IO, Any, Callable, Iterable, Iterator, Literal
+from xml.sax.saxutils import escape, quoteattr
+
+from .assemble import (AssembleOptions, RawDocument, RawMention, RawRelation, assemble, join_passages,
+                       split_ids)
+from .document import Document, DocumentError, RelationInventory
+
+Passages = Literal["title_abstract", "all"]
+_TITLE_TYPES = {"title", "front"}
+_ABSTRACT_TYPES = {"abstract", "abstract_title_1"}
+_ID_INFONS = ("identifier", "Identifier", "MESH", "NCBI Gene", "NCBI Taxonomy", "normalized_id", "database_id")
+
+
+# ---------------------------------------------------------------- XML -> dicts
+
+def _infons(el) -> dict[str, str]:
+    return {i.get("key"): (i.text or "") for i in el.iterfind("infon")}
+
+
+def _xml_document(el) -> dict:
+    """One lxml ``<document>`` element as a BioC JSON-shaped dict."""
+    def annotations(parent) -> list[dict]:
+        return [{"id": a.get("id"), "infons": _infons(a), "text": a.findtext("text") or "",
+                 "locations": [{"offset": loc.get("offset"), "length": loc.get("length")}
+                               for loc in a.iterfind("location")]}
+                for a in parent.iterfind("annotation")]
+
+    def relations(parent) -> list[dict]:
+        return [{"id": r.get("id"), "infons": _infons(r),
+                 "nodes": [{"refid": n.get("refid"), "role": n.get("role")} for n in r.iterfind("node")]}
+                for r in parent.iterfind("relation")]
+
+    passages = []
+    for p in el.iterfind("passage"):
+        text = p.findtext("text")
+        if text is None:  # sentence-level BioC: the passage text is its sentences' texts at their offsets
+            text = _sentences_text(p)
+        passages.append({"infons": _infons(p), "offset": p.findtext("offset"), "text": text,
+                         "annotations": annotations(p) + [a for s in p.iterfind("sentence") for a in annotations(s)],
+                         "relations": relations(p)})
+    return {"id": el.findtext("id"), "infons": _infons(el), "passages": passages,
+            "annotations": annotations(el), "relations": relations(el), "sourceline": el.sourceline}
+
+
+def _sentences_text(p) -> str:
+    base = int(p.findtext("offset") or 0)
+    text = ""
+    for s in p.iterfind("sentence"):
+        off = int(s.findtext("offset") or 0) - base
+        text = text.ljust(off) + (s.findtext("text") or "")
+    return text
+
+
+def iter_bioc_xml(f: IO[bytes], source: str) -> Iterator[dict]:
+    """BioC documents of an XML stream, one at a time; a syntax error raises DocumentError with the line."""
+    from lxml import etree
+
+    parser = etree.iterparse(f, events=("end",), tag="document", huge_tree=True, resolve_entities=False,
+                             no_network=True, load_dtd=False)
+    try:
+        for _, el in parser:
+            if el.getparent() is None or el.getparent().tag != "collection":
+                continue  # not a BioC document element (e.g. a nested "document" infon-less tag)
+            yield _xml_document(el)
+            el.clear()
+            parent = el.getparent()
+            while el.getprevious() is not None:
+                del parent[0]
+    except etree.XMLSyntaxError as e:
+        line = e.position[0] if e.position else e.lineno
+        raise DocumentError(source, f"line {line}", f"invalid XML: {e.msg}; the rest of the file is unreadable") \
+            from None
+
+
+def iter_bioc_json(data: Any, source: str) -> Iterator[dict]:
+    """BioC documents of a parsed JSON value: a collection, the PubTator3 API object, or a document list."""
+    if isinstance(data, dict) and "PubTator3" in data:
+        docs = data["PubTator3"]
+    elif isinstance(data, dict) and "documents" in data:
+        docs = data["documents"]
+    elif isinstance(data, dict) and "passages" in data:
+        docs = [data]
+    elif isinstance(data, list):
+        docs = data
+    else:
+        raise DocumentError(source, "top level", "not a BioC JSON collection: expected an object with "
+                                                 "'documents' or 'PubTator3', or a list of documents")
+    if not isinstance(docs, list):
+        raise DocumentError(source, "top level", f"'documents' must be a list, got {type(docs).__name__}")
+    for i, d in enumerate(docs):
+        if isinstance(d, dict):
+            d = dict(d)
+            d.setdefault("index", i)
+        yield d
+
+
+# ---------------------------------------------------------------- dicts -> documents
+
+def _doc_id(d: dict) -> str:
+    for p in d.get("passages") or []:
+        pmid = (p.get("infons") or {}).get("article-id_pmid")
+        if pmid:
+            return str(pmid).strip()
+    pmid = (d.get("infons") or {}).get("article-id_pmid")
+    if pmid:
+        return str(pmid).strip()
+    for key in ("pmid", "id", "_id"):
+        if d.get(key) not in (None, ""):
+            return str(d[key]).split("|")[0].strip()
+    return ""
+
+
+def _kind(infons: dict) -> str | None:
+    """'title', 'abstract', 'other', or None when the passage says nothing about itself."""
+    ptype = str(infons.get("type", "")).strip().lower()
+    section = str(infons.get("section_type", "")).strip().upper()
+    if not ptype and not section:
+        return None
+    if section == "TITLE" or (ptype in _TITLE_TYPES and section in ("", "TITLE")):
+        return "title"
+    if section == "ABSTRACT" or ptype in _ABSTRACT_TYPES:
+        return "abstract"
+    return "other"
+
+
+def _ids_of(infons: dict) -> str:
+    for key in _ID_INFONS:
+        if infons.get(key) not in (None, ""):
+            return str(infons[key])
+    return ""
+
+
+def _int(value: Any, what: str, source: str, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DocumentError(source, where, f"{what} {value!r} is not an integer") from None
+
+
+def _role(value: str) -> tuple[str, str] | None:
+    """PubTator3 ``Type|ID`` -> (type, id); None when unusable."""
+    if not value or "|" not in value:
+        return None
+    etype, kb = value.split("|", 1)
+    ids = split_ids(kb)
+    return (etype.strip(), ids[0]) if len(ids) == 1 else None
+
+
+def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts: dict | None = None) -> RawDocument:
+    """A BioC document dict -> RawDocument in the joined text's coordinates."""
+    if not isinstance(d, dict):
+        raise DocumentError(source, "document", f"expected a JSON object, got {type(d).__name__}")
+    doc_id = _doc_id(d)
+    where = f"document {doc_id!r}" if doc_id else f"document {d.get('index', '?')}"
+    if "sourceline" in d:
+        where = f"line {d['sourceline']}, {where}"
+    if not doc_id:
+        raise DocumentError(source, where, "document has no id")
+    raw_passages = d.get("passages")
+    if not isinstance(raw_passages, list) or not raw_passages:
+        raise DocumentError(source, where, "document has no passages")
+    kinds = [_kind(p.get("infons") or {}) if isinstance(p, dict) else None for p in raw_passages]
+    untyped = all(k is None for k in kinds)
+    kept: list[tuple[dict, str]] = []
+    for i, (p, kind) in enumerate(zip(raw_passages, kinds)):
+        if not isinstance(p, dict):
+            raise DocumentError(source, where, f"passage {i} is not an object")
+        if untyped:
+            kind = "title" if i == 0 else "abstract"
+        if passages == "all" or kind in ("title", "abstract"):
+            kept.append((p, kind or "other"))
+        elif counts is not None:
+            counts["passages left out"] = counts.get("passages left out", 0) + 1
+    texts = [str(p.get("text") or "") for p, _ in kept]
+    text, spans, starts = join_passages(texts)
+    title = next((t for (p, k), t in zip(kept, texts) if k == "title"), "")
+    if title and not text.startswith(title):
+        title = ""  # the title is not the first kept passage: no title
+    mentions: list[RawMention] = []
+    by_ann: dict[str, list[tuple[str, str]]] = {}
+    for (p, _), start, t in zip(kept, starts, texts):
+        p_off = _int(p.get("offset", 0), "passage offset", source, where)
+        for a in p.get("annotations") or []:
+            infons = a.get("infons") or {}
+            aid = str(a.get("id"))
+            awhere = f"annotation {aid!r}"
+            etype = str(infons.get("type", "")).strip()
+            ids = split_ids(_ids_of(infons))
+            by_ann[aid] = [(etype, i) for i in ids]
+            atext = str(a.get("text") or "")
+            locs = a.get("locations") or []
+            if not locs:
+                raise DocumentError(source, f"{awhere}, {where}", "annotation has no location")
+            for loc in locs:
+                off = _int(loc.get("offset"), "location offset", source, f"{awhere}, {where}")
+                length = _int(loc.get("length"), "location length", source, f"{awhere}, {where}")
+                local = off - p_off
+                if not 0 <= local < local + length <= len(t):
+                    raise DocumentError(source, f"{awhere}, {where}",
+                                        f"location [{off}, {off + length}) is outside its passage "
+                                        f"[{p_off}, {p_off + len(t)})")
+                mtext = atext if len(locs) == 1 else t[local:local + length]
+                mentions.append(RawMention(start + local, start + local + length, mtext, etype, ids, awhere))
+    # annotations of passages left out still name entities for relation nodes
+    for p in raw_passages:
+        for a in p.get("annotations") or []:
+            by_ann.setdefault(str(a.get("id")), [(str((a.get("infons") or {}).get("type", "")),
+                                                 i) for i in split_ids(_ids_of(a.get("infons") or {}))])
+    mentions.sort(key=lambda m: (m.start, m.end))
+    relations: list[RawRelation] = []
+    all_rel = list(d.get("relations") or []) + [r for p, _ in kept for r in (p.get("relations") or [])]
+    for r in all_rel:
+        infons = r.get("infons") or {}
+        rwhere = f"relation {str(r.get('id'))!r}"
+        rtype = str(infons.get("type") or infons.get("relation") or "").strip()
+        head, tail = _role(infons.get("role1", "")), _role(infons.get("role2", ""))
+        if head is None or tail is None:
+            nodes = r.get("nodes") or []
+            ends = [by_ann.get(str(n.get("refid")), []) for n in nodes]
+            if len(ends) == 2 and all(len(e) == 1 for e in ends):
+                head, tail = ends[0][0], ends[1][0]
+            elif "Chemical" in infons and "Disease" in infons:  # BioCreative CDR BioC
+                head = ("Chemical", split_ids(infons["Chemical"])[0]) if split_ids(infons["Chemical"]) else None
+                tail = ("Disease", split_ids(infons["Disease"])[0]) if split_ids(infons["Disease"]) else None
+        if not rtype or head is None or tail is None:
+            raise DocumentError(source, f"{rwhere}, {where}", "relation without a type and two resolvable "
+                                                              "entities (role1/role2, nodes, or Chemical/Disease)")
+        relations.append(RawRelation(rtype, head, tail, rwhere))
+    labelled = bool(all_rel) or str((d.get("infons") or {}).get("docre_labelled", "")).lower() == "true"
+    return RawDocument(doc_id, text, spans, title, mentions, relations, labelled, where)
+
+
+def read_bioc(records: Iterable[dict], source: str, inventory: RelationInventory | None = None,
+              passages: Passages = "title_abstract", unlinked: Literal["drop", "keep"] = "drop",
+              on_error: Callable[[DocumentError], None] | None = None,
+              counts: dict | None = None) -> Iterator[Document]:
+    """Documents from BioC document dicts (`iter_bioc_xml` / `iter_bioc_json`); bad ones raise or go to on_error."""
+    options = AssembleOptions(unlinked=unlinked, missing_entity="drop")
+    seen: set[str] = set()
+    records = iter(records)
+    while True:
+        try:
+            d = next(records)
+        except StopIteration:
+            return
+        except DocumentError as err:  # the stream itself broke (XML syntax): nothing after it is readable
+            if on_error is None:
+                raise
+            on_error(err)
+            return
+        try:
+            raw = bioc_raw(d, source, passages, counts)
+            if raw.id in seen:
+                raise DocumentError(source, raw.where, f"duplicate document id {raw.id!r}")
+            doc = assemble(raw, source, inventory, options, counts)
+            seen.add(raw.id)
+            yield doc
+        except DocumentError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+
+
+# ---------------------------------------------------------------- writers
+
+def _passages_of(doc: Document) -> list[tuple[str, int, str]]:
+    """(type, offset, text) passages of a document: title and abstract when the text has them."""
+    if doc.text is not None:
+        text = doc.text
+    else:
+        text = " ".join(" ".join(s) for s in doc.sentences)
+    if doc.title and doc.text is not None and text.startswith(doc.title + " "):
+        return [("title", 0, doc.title), ("abstract", len(doc.title) + 1, text[len(doc.title) + 1:])]
+    if doc.title and doc.text is not None and text == doc.title:
+        return [("title", 0, doc.title)]
+    return [("abstract", 0, text)]
+
+
+def _mention_spans(doc: Document) -> list[tuple[int, int, str, str, list[str], list[int]]]:
+    """(start, end, text, type, ids, entity indices) per distinct span, in text order."""
+    if doc.text is not None and doc.token_chars is not None:
+        chars = doc.token_chars
+    else:  # rebuilt text: tokens joined by single spaces, sentences too
+        chars, pos = [], 0
+        for sent in doc.sentences:
+            spans = []
+            for tok in sent:
+                spans.append((pos, pos + len(tok)))
+                pos += len(tok) + 1
+            chars.append(spans)
+    spans: dict[tuple[int, int], tuple[str, str, list[str], list[int]]] = {}
+    text = doc.text if doc.text is not None else " ".join(" ".join(s) for s in doc.sentences)
+    for ei, ent in enumerate(doc.entities):
+        for m in ent.mentions:
+            a, b = chars[m.sent_id][m.start][0], chars[m.sent_id][m.end - 1][1]
+            entry = spans.setdefault((a, b), (text[a:b], ent.type, [], []))
+            if ei not in entry[3]:
+                entry[2].append(ent.kb_id or "-")
+                entry[3].append(ei)
+    return [(a, b, *v) for (a, b), v in sorted(spans.items())]
+
+
+def _bioc_dict(doc: Document, relations: list[dict] | None, model_version: str | None) -> dict:
+    passages = [{"infons": {"type": ptype, "section_type": ptype.upper()}, "offset": off, "text": text,
+                 "sentences": [], "annotations": [], "relations": []} for ptype, off, text in _passages_of(doc)]
+    first_ann: dict[int, str] = {}
+    for n, (a, b, mtext, mtype, ids, ents) in enumerate(_mention_spans(doc)):
+        aid = f"T{n}"
+        for e in ents:
+            first_ann.setdefault(e, aid)
+        target = next(p for p in reversed(passages) if p["offset"] <= a)
+        target["annotations"].append({"id": aid, "infons": {"identifier": "|".join(ids), "type": mtype},
+                                      "text": mtext, "locations": [{"offset": a, "length": b - a}]})
+    rels = []
+    if relations is None:
+        relations = [{"head": f.head, "tail": f.tail, "relation": f.relation} for f in doc.facts or []]
+    for n, r in enumerate(relations):
+        h, t = doc.entities[r["head"]], doc.entities[r["tail"]]
+        infons = {"type": r["relation"], "role1": f"{h.type}|{h.kb_id or '-'}", "role2": f"{t.type}|{t.kb_id or '-'}"}
+        if r.get("score") is not None:
+            infons["score"] = f"{r['score']:.4f}"
+        if model_version:
+            infons["model_version"] = model_version
+        if r.get("iteration") is not None:
+            infons["iteration"] = str(r["iteration"])
+        rels.append({"id": f"R{n}", "infons": infons,
+                     "nodes": [{"refid": first_ann.get(r["head"], ""), "role": "head"},
+                               {"refid": first_ann.get(r["tail"], ""), "role": "tail"}]})
+    infons = {"docre_labelled": "true"} if doc.facts is not None or relations else {}
+    return {"id": doc.id, "infons": infons, "passages": passages, "relations": rels}
+
+
+def _relations_by_doc(triples: Iterable[Any] | None) -> dict[str, list[dict]] | None:
+    if triples is None:
+        return None
+    out: dict[str, list[dict]] = {}
+    for t in triples:
+        row = t if isinstance(t, dict) else t.__dict__
+        out.setdefault(str(row["doc_id"]), []).append(row)
+    return out
+
+
+def write_bioc_json(docs: Iterable[Document], triples: Iterable[Any] | None = None,
+                    model_version: str | None = None) -> str:
+    """A BioC JSON collection; with `triples`, their relations (with score and model version) replace the gold ones."""
+    by_doc = _relations_by_doc(triples)
+    return json.dumps({"source": "docre", "date": time.strftime("%Y%m%d"), "key": "BioC.key", "infons": {},
+                       "documents": [_bioc_dict(d, None if by_doc is None else by_doc.get(d.id, []), model_version)
+                                     for d in docs]}, ensure_ascii=False)
+
+
+def write_bioc_xml(docs: Iterable[Document], triples: Iterable[Any] | None = None,
+                   model_version: str | None = None) -> Iterator[str]:
+    """BioC XML, streamed as text chunks (one per document); loads in PubTator and the `bioc` package."""
+    by_doc = _relations_by_doc(triples)
+
+    def infons(d: dict, pad: str) -> str:
+        return "".join(f"{pad}<infon key={quoteattr(k)}>{escape(str(v))}</infon>\n" for k, v in d.items())
+
+    yield ("<?xml version='1.0' encoding='UTF-8'?>\n<!DOCTYPE collection SYSTEM 'BioC.dtd'>\n"
+           f"<collection>\n  <source>docre</source>\n  <date>{time.strftime('%Y%m%d')}</date>\n"
+           "  <key>BioC.key</key>\n")
+    for doc in docs:
+        d = _bioc_dict(doc, None if by_doc is None else by_doc.get(doc.id, []), model_version)
+        out = [f"  <document>\n    <id>{escape(d['id'])}</id>\n", infons(d["infons"], "    ")]
+        for p in d["passages"]:
+            out.append(f"    <passage>\n{infons(p['infons'], '      ')}      <offset>{p['offset']}</offset>\n"
+                       f"      <text>{escape(p['text'])}</text>\n")
+            for a in p["annotations"]:
+                loc = a["locations"][0]
+                out.append(f"      <annotation id={quoteattr(a['id'])}>\n{infons(a['infons'], '        ')}"
+                           f"        <location offset=\"{loc['offset']}\" length=\"{loc['length']}\"/>\n"
+                           f"        <text>{escape(a['text'])}</text>\n      </annotation>\n")
+            out.append("    </passage>\n")
+        for r in d["relations"]:
+            nodes = "".join(f"      <node refid={quoteattr(n['refid'])} role={quoteattr(n['role'])}/>\n"
+                            for n in r["nodes"])
+            out.append(f"    <relation id={quoteattr(r['id'])}>\n{infons(r['infons'], '      ')}{nodes}    </relation>\n")
+        out.append("  </document>\n")
+        yield "".join(out)
+    yield "</collection>\n"

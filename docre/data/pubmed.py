@@ -1,0 +1,260 @@
+"""PubMed baseline/update XML, and entities for it from PubTator3's ``bioconcepts2pubtator3``.
+
+PubMed XML (``pubmed25n0001.xml.gz``) has text but no entities:
+``PubmedArticle/MedlineCitation/PMID``, ``Article/ArticleTitle`` and
+``Abstract/AbstractText`` (several in structured abstracts, each a sentence
+boundary; inline markup such as ``<i>`` is flattened). Update files also hold
+``DeleteCitation/PMID`` elements; they are reported through `deleted`.
+
+Entities come from ``bioconcepts2pubtator3.gz`` (tab-separated PMID, type,
+concept id, mentions joined by ``|``, resource), which covers all of PubMed:
+reading it once per baseline file would cost 1,300 passes over a multi-GB
+file. `build_concept_index` reads it once into sorted Parquet runs whose row
+groups carry PMID min/max statistics; `ConceptIndex.lookup` then touches only
+the row groups that overlap one batch of PMIDs. Each mention string is placed
+in the title and abstract by exact, case-sensitive match on token boundaries
+(the characters around it are not letters or digits), every occurrence.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import IO, Callable, Iterable, Iterator, Literal
+
+from .assemble import AssembleOptions, RawDocument, RawMention, assemble, join_passages, split_ids
+from .document import Document, DocumentError, RelationInventory
+
+
+@dataclass
+class Citation:
+    pmid: str
+    version: int
+    title: str
+    abstract: list[str]  # AbstractText parts, in order
+    line: int
+
+
+def _text(el) -> str:
+    return " ".join("".join(el.itertext()).split()) if el is not None else ""
+
+
+def iter_pubmed_xml(f: IO[bytes], source: str, deleted: list[str] | None = None) -> Iterator[Citation]:
+    """Citations of a PubmedArticleSet stream; PMIDs of DeleteCitation go to `deleted`."""
+    from lxml import etree
+
+    parser = etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation", "PubmedBookArticle"),
+                             huge_tree=True, resolve_entities=False, no_network=True, load_dtd=False)
+    try:
+        for _, el in parser:
+            if el.tag == "DeleteCitation":
+                if deleted is not None:
+                    deleted.extend((p.text or "").strip() for p in el.iterfind("PMID"))
+            elif el.tag == "PubmedArticle":
+                cit = el.find("MedlineCitation")
+                pmid_el = cit.find("PMID") if cit is not None else None
+                pmid = (pmid_el.text or "").strip() if pmid_el is not None else ""
+                version = int(pmid_el.get("Version", "1")) if pmid_el is not None else 1
+                art = cit.find("Article") if cit is not None else None
+                title = _text(art.find("ArticleTitle")) if art is not None else ""
+                parts = [t for t in (_text(a) for a in art.iterfind("Abstract/AbstractText"))
+                         if t] if art is not None else []
+                yield Citation(pmid, version, title, parts, el.sourceline)
+            el.clear()
+            parent = el.getparent()
+            if parent is not None:
+                while el.getprevious() is not None:
+                    del parent[0]
+    except etree.XMLSyntaxError as e:
+        line = e.position[0] if e.position else e.lineno
+        raise DocumentError(source, f"line {line}", f"invalid XML: {e.msg}; the rest of the file is unreadable") \
+            from None
+
+
+# ---------------------------------------------------------------- the concept index
+
+CONCEPT_COLUMNS = ("pmid", "type", "concept_id", "mentions", "resource")
+
+
+def _concept_schema():
+    import pyarrow as pa
+    return pa.schema([("pmid", pa.int64()), ("type", pa.string()), ("concept_id", pa.string()),
+                      ("mentions", pa.list_(pa.string())), ("resource", pa.string())])
+
+
+def build_concept_index(concepts_url: str, index_url: str, run_rows: int = 1_000_000,
+                        row_group_rows: int = 32_768, progress: bool = False) -> dict:
+    """Read a bioconcepts2pubtator3-style file once into a PMID-sorted Parquet index; returns its manifest.
+
+    Bad lines (wrong field count, non-numeric PMID) are counted and skipped
+    with their line numbers in the manifest (the first 100), never fatal: the
+    file has hundreds of millions of lines. Memory is bounded by `run_rows`.
+    """
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .io import iter_lines
+
+    t0 = time.time()
+    fs, root = fsspec.core.url_to_fs(index_url)
+    fs.makedirs(root, exist_ok=True)
+    schema = _concept_schema()
+    cols: dict[str, list] = {c: [] for c in CONCEPT_COLUMNS}
+    runs, rows, bad, bad_lines = [], 0, 0, []
+
+    def flush() -> None:
+        if not cols["pmid"]:
+            return
+        table = pa.Table.from_pydict(cols, schema).sort_by("pmid")
+        name = f"run-{len(runs):05d}.parquet"
+        with fs.open(f"{root}/{name}", "wb") as out:
+            pq.write_table(table, out, row_group_size=row_group_rows)
+        runs.append({"file": name, "rows": table.num_rows,
+                     "min_pmid": int(table["pmid"][0].as_py()), "max_pmid": int(table["pmid"][-1].as_py())})
+        for c in cols.values():
+            c.clear()
+
+    for n, line in iter_lines(concepts_url):
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) < 4 or not fields[0].strip().isdigit():
+            if line.strip():
+                bad += 1
+                if len(bad_lines) < 100:
+                    bad_lines.append(n)
+            continue
+        cols["pmid"].append(int(fields[0]))
+        cols["type"].append(fields[1])
+        cols["concept_id"].append(fields[2])
+        cols["mentions"].append([m for m in fields[3].split("|") if m])
+        cols["resource"].append(fields[4] if len(fields) > 4 else "")
+        rows += 1
+        if len(cols["pmid"]) >= run_rows:
+            flush()
+    flush()
+    manifest = {"source": concepts_url, "rows": rows, "bad_lines": bad, "first_bad_lines": bad_lines,
+                "runs": runs, "seconds": round(time.time() - t0, 3)}
+    with fs.open(f"{root}/manifest.json", "w") as out:  # written last: an index without it is incomplete
+        json.dump(manifest, out, indent=1)
+    return manifest
+
+
+class ConceptIndex:
+    """PMID -> [(type, concept id, mentions)] over a `build_concept_index` directory."""
+
+    def __init__(self, index_url: str):
+        import fsspec
+
+        self.url = index_url
+        self.fs, self.root = fsspec.core.url_to_fs(index_url)
+        try:
+            with self.fs.open(f"{self.root}/manifest.json", "r") as f:
+                self.manifest = json.load(f)
+        except FileNotFoundError:
+            raise DocumentError(index_url, "manifest.json", "not a concept index (no manifest.json); build one "
+                                                            "with `docre data concepts`") from None
+        self.lookups = 0
+
+    def lookup(self, pmids: Iterable[str]) -> dict[str, list[tuple[str, str, list[str]]]]:
+        import pyarrow.parquet as pq
+
+        wanted = {int(p) for p in pmids if str(p).isdigit()}
+        out: dict[str, list[tuple[str, str, list[str]]]] = {}
+        if not wanted:
+            return out
+        lo, hi = min(wanted), max(wanted)
+        self.lookups += 1
+        for run in self.manifest["runs"]:
+            if run["max_pmid"] < lo or run["min_pmid"] > hi:
+                continue
+            with self.fs.open(f"{self.root}/{run['file']}", "rb") as f:
+                pf = pq.ParquetFile(f)
+                for g in range(pf.num_row_groups):
+                    st = pf.metadata.row_group(g).column(0).statistics
+                    if st is not None and st.has_min_max and (st.max < lo or st.min > hi):
+                        continue
+                    for row in pf.read_row_group(g).to_pylist():
+                        if row["pmid"] in wanted:
+                            out.setdefault(str(row["pmid"]), []).append(
+                                (row["type"], row["concept_id"], row["mentions"]))
+        return out
+
+
+_WORD = re.compile(r"\w", re.UNICODE)
+
+
+def locate_mentions(text: str, concepts: list[tuple[str, str, list[str]]],
+                    spans: list[tuple[int, int]]) -> list[RawMention]:
+    """Every exact occurrence of each concept's mention strings on token boundaries, inside one passage."""
+    out = []
+    for etype, concept_id, mentions in concepts:
+        ids = split_ids(concept_id)
+        for m in dict.fromkeys(mentions):
+            if not m:
+                continue
+            start = text.find(m)
+            while start >= 0:
+                end = start + len(m)
+                before = text[start - 1] if start else " "
+                after = text[end] if end < len(text) else " "
+                inside = any(a <= start and end <= b for a, b in spans)
+                if inside and not (_WORD.match(before) and _WORD.match(m[0])) and \
+                        not (_WORD.match(after) and _WORD.match(m[-1])):
+                    out.append(RawMention(start, end, m, etype, ids, f"concept {concept_id!r}"))
+                start = text.find(m, start + 1)
+    out.sort(key=lambda r: (r.start, r.end))
+    return out
+
+
+def read_pubmed(f: IO[bytes], source: str, concepts: ConceptIndex | None = None,
+                inventory: RelationInventory | None = None, unlinked: Literal["drop", "keep"] = "drop",
+                on_error: Callable[[DocumentError], None] | None = None, counts: dict | None = None,
+                deleted: list[str] | None = None, batch: int = 2000) -> Iterator[Document]:
+    """Unlabelled documents (title + abstract) of a PubMed XML stream, with entities when `concepts` is given.
+
+    Within one file the latest version of a PMID wins; DeleteCitation PMIDs go to `deleted`.
+    """
+    options = AssembleOptions(unlinked=unlinked)
+    pending: list[Citation] = []
+
+    def emit(cits: list[Citation]) -> Iterator[Document]:
+        found = concepts.lookup(c.pmid for c in cits) if concepts is not None else {}
+        latest: dict[str, Citation] = {}
+        for c in cits:
+            if c.pmid in latest and latest[c.pmid].version > c.version:
+                continue
+            latest.pop(c.pmid, None)
+            latest[c.pmid] = c
+        for c in latest.values():
+            try:
+                where = f"line {c.line}, document {c.pmid!r}"
+                if not c.pmid:
+                    raise DocumentError(source, f"line {c.line}", "citation has no PMID")
+                text, spans, _ = join_passages([c.title] + c.abstract)
+                if not c.title:
+                    text, spans, _ = join_passages(c.abstract)
+                if not text.strip():
+                    raise DocumentError(source, where, "citation has no title and no abstract")
+                mentions = locate_mentions(text, found.get(c.pmid, []), spans)
+                raw = RawDocument(c.pmid, text, spans, c.title, mentions, [], labelled=False, where=where)
+                yield assemble(raw, source, inventory, options, counts)
+            except DocumentError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+
+    try:
+        for cit in iter_pubmed_xml(f, source, deleted):
+            pending.append(cit)
+            if len(pending) >= batch:
+                yield from emit(pending)
+                pending = []
+    except DocumentError as err:
+        yield from emit(pending)
+        pending = []
+        if on_error is None:
+            raise
+        on_error(err)
+    yield from emit(pending)
