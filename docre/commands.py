@@ -5,6 +5,9 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
+
+import fsspec
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -32,8 +35,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"{'K':>3} {'F1':>7} {'P':>7} {'R':>7} {'IgnF1':>7} {'Intra':>7} {'Inter':>7} {'Infer':>7}")
     for k in iterations:
         s = scores[f"K{k}"]
-        print(f"{k:>3} " + " ".join(f"{s[m] * 100:7.2f}" for m in
-                                    ("f1", "precision", "recall", "ign_f1", "intra_f1", "inter_f1", "infer_f1")))
+        # Ign F1 needs the training facts; without --train-data it is shown as absent, not as a copy of F1
+        print(f"{k:>3} " + " ".join(f"{'—':>7}" if m == "ign_f1" and train_docs is None else f"{s[m] * 100:7.2f}"
+                                    for m in ("f1", "precision", "recall", "ign_f1", "intra_f1", "inter_f1",
+                                              "infer_f1")))
+    if train_docs is None:
+        print("IgnF1 not computed: pass --train-data (the tokenized training set) for it")
     print(f"prediction: {scores['docs_per_s']} docs/s ({len(examples)} documents, {scores['seconds']} s)")
     if args.json:
         with open(args.json, "w") as f:
@@ -44,12 +51,27 @@ def _predict(args: argparse.Namespace) -> None:
     from .data.io import Quarantined, read_documents
     from .model.docre_ii import DocREModel
     from .train import resolve_device
+    from .cli import print_counts, read_options
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
     quarantine: list[Quarantined] = []
-    docs = list(read_documents(args.input, args.format, None, quarantine))
+    counts: dict = {}
+    # gold labels outside the model's inventory are ignored (counted); other entity types are left out
+    options = read_options(args)
+    options.unknown_relations = "ignore"
+    docs = list(read_documents(args.input, args.format, model.inventory, quarantine, options, counts))
     triples = model.predict(docs, args.iterations, progress=True)
     rows = [asdict(t) for t in triples]
-    if args.output.endswith(".json"):  # DocRED CodaLab submission: [{title, h_idx, t_idx, r}]
+    out_name = args.output.lower().removesuffix(".gz")
+    if out_name.endswith((".xml", ".bioc.json")):  # BioC with predicted <relation>s, for PubTator tools
+        from .data.bioc import write_bioc_json, write_bioc_xml
+        version = Path(args.model).name if args.model else None
+        with fsspec.open(args.output, "wt", compression="infer", encoding="utf-8") as f:
+            if out_name.endswith(".xml"):
+                for chunk in write_bioc_xml(docs, rows, version):
+                    f.write(chunk)
+            else:
+                f.write(write_bioc_json(docs, rows, version))
+    elif args.output.endswith(".json"):  # DocRED CodaLab submission: [{title, h_idx, t_idx, r}]
         from .metrics import write_docred_result
         write_docred_result(docs, [(t.doc_id, t.head, t.tail, t.relation) for t in triples], args.output)
     elif args.output.endswith(".parquet"):
@@ -60,10 +82,9 @@ def _predict(args: argparse.Namespace) -> None:
         with open(args.output, "w") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"{len(docs)} documents -> {len(rows)} triples in {args.output}; {len(quarantine)} quarantined",
-          file=sys.stderr)
-    for q in quarantine[:10]:
-        print(f"  quarantined {q.where}: {q.reason}", file=sys.stderr)
+    print(f"{len(docs)} documents -> {len(rows)} triples in {args.output}; "
+          f"{sum(q.count for q in quarantine)} quarantined", file=sys.stderr)
+    print_counts(counts, quarantine, out=sys.stderr)
 
 
 def _split(args: argparse.Namespace) -> None:
@@ -112,9 +133,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="extract triples from documents")
     p.add_argument("model")
     p.add_argument("input", help="documents: PubTator, DocRED JSON/JSONL, .data (any fsspec URL, gzip ok)")
-    p.add_argument("output", help="*.jsonl or *.parquet (triples with names, scores, iteration), or "
+    p.add_argument("output", help="*.jsonl or *.parquet (triples with names, scores, iteration), "
+                                  "*.xml / *.bioc.json (BioC documents with predicted relations), or "
                                   "*.json (DocRED result.json submission)")
-    p.add_argument("--format", choices=["docred", "pubtator", "atlop"])
+    from .cli import add_input_flags
+    add_input_flags(p)
+    p.add_argument("--all-entity-types", action="store_true",
+                   help="keep entities of types the model was not trained on (left out by default)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
@@ -126,7 +151,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     p.add_argument("out_first")
     p.add_argument("out_rest")
     p.add_argument("--first", type=int, required=True, help="documents in the first part")
-    p.add_argument("--format", choices=["docred", "pubtator", "atlop"])
+    p.add_argument("--format", choices=["docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed"])
     p.set_defaults(func=_split)
 
     p = data.add_parser("synthesize", help="write invented DocRED-style documents (demo and smoke data)")

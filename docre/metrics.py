@@ -16,8 +16,10 @@ way, and scores are comparable with published numbers:
 Conventions shared by all functions:
 
 * Duplicate predictions count once (the official script de-duplicates too).
-* A prediction whose relation is ``"Na"`` (the no-relation class) means "no
-  fact" and is dropped, so it is never counted as submitted.
+* A prediction whose relation is ``"Na"`` (the no-relation class) is counted
+  exactly as the official DocRED script counts it: it is a submitted answer
+  (it lowers precision) that can never be correct, since gold has no ``Na``.
+  Our own writers never emit ``Na``; another system's ``result.json`` may.
 * A prediction naming a document that is not in the gold set is an error
   (``ValueError`` naming the id) rather than being silently counted wrong,
   because it almost always means predictions and gold come from different
@@ -31,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Mapping, NamedTuple, Sequence, Union
 
-from .data.document import NO_RELATION, Document
+from .data.document import Document
 
 __all__ = [
     "Prediction", "PRF", "DocREDScores", "as_prediction", "docred_scores", "cdr_scores",
@@ -132,7 +134,7 @@ def _gold_index(gold: Sequence[Document]) -> dict[str, Document]:
 
 
 def _collect(predictions: Iterable[Any], docs: Mapping[str, Document]) -> set[Prediction]:
-    """Normalise, validate and de-duplicate predictions; drop no-relation ones."""
+    """Normalise, validate and de-duplicate predictions ("Na" ones stay: the official scorer counts them)."""
     out: set[Prediction] = set()
     for obj in predictions:
         p = as_prediction(obj)
@@ -143,8 +145,7 @@ def _collect(predictions: Iterable[Any], docs: Mapping[str, Document]) -> set[Pr
         if not (0 <= p.head < n and 0 <= p.tail < n):
             raise ValueError(f"prediction {tuple(p)!r}: entity index out of range for document "
                              f"{p.doc_id!r} with {n} entities")
-        if p.relation != NO_RELATION:
-            out.add(p)
+        out.add(p)
     return out
 
 
@@ -293,7 +294,8 @@ def write_docred_result(docs: Sequence[Document], predictions: Iterable[Any],
 
     The leaderboard identifies documents by title, so each prediction's doc id is
     mapped to its document's title (or its id when the title is empty).
-    Duplicates and "Na" predictions are dropped; order is otherwise kept.
+    Duplicates are dropped; "Na" predictions are written like any other, so the
+    file scores exactly as the predictions do; order is otherwise kept.
     Returns the number of records written.
     """
     index = {d.id: d for d in docs}
@@ -303,7 +305,7 @@ def write_docred_result(docs: Sequence[Document], predictions: Iterable[Any],
         p = as_prediction(obj)
         if p.doc_id not in index:
             raise ValueError(f"prediction for unknown document id {p.doc_id!r}")
-        if p.relation == NO_RELATION or p in seen:
+        if p in seen:
             continue
         seen.add(p)
         records.append({"title": _result_title(index[p.doc_id]), "h_idx": p.head, "t_idx": p.tail,

@@ -42,11 +42,15 @@ def test_train_writes_both_stages(trained, capsys):
     assert "K2" in history[0]["dev"]
 
 
-def test_config_errors_are_reported(tmp_path):
+def test_config_errors_are_reported(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train_data: a\ndev_data: b\nout_dir: c\nstage1: {epochs: 1, learning_rate: 3}\n")
-    with pytest.raises(Exception, match="learning_rate"):
-        main(["train", str(bad)])
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: invalid configuration: stage1.learning_rate: ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(Exception, match="learning_rate"):  # --debug shows the real exception
+        main(["train", str(bad), "--debug"])
 
 
 def test_evaluate_prints_every_iteration(trained, capsys):

@@ -138,11 +138,14 @@ class Pred:
 
 def test_duplicates_count_once_and_objects_accepted():
     preds = [("d1", 0, 1, "P17"), ("d1", 0, 1, "P17"), Pred("d1", 0, 1, "P17"), Prediction("d1", 0, 1, "P17"),
-             ("d1", 2, 1, "Na")]  # "Na" means no fact: dropped
+             ("d1", 2, 1, "Na")]  # "Na" is a submitted answer to the official scorer, never a correct one
     s = docred_scores([d1()], preds)
-    # one distinct submission, correct: P = 1/1, R = 1/3, F1 = 2 * 1 * 1/3 / (4/3) = 1/2
-    assert s.counts["pred"] == 1
-    assert s.precision == approx(1.0) and s.recall == approx(1 / 3) and s.f1 == approx(0.5)
+    # two distinct submissions (P17 and Na), one correct: P = 1/2, R = 1/3, F1 = 2 * 1/2 * 1/3 / (5/6) = 2/5
+    assert s.counts["pred"] == 2 and s.counts["correct"] == 1
+    assert s.precision == approx(0.5) and s.recall == approx(1 / 3) and s.f1 == approx(0.4)
+    # without the Na answer it is one submission, correct
+    s = docred_scores([d1()], preds[:-1])
+    assert s.precision == approx(1.0) and s.f1 == approx(0.5)
 
 
 def test_unknown_doc_id_raises():
@@ -189,11 +192,12 @@ def test_result_json_round_trip(tmp_path):
     preds = [("d1", 0, 1, "P17"), ("d2", 0, 2, "P131"), ("d2", 0, 2, "P131"), ("d1", 1, 3, "Na"),
              Pred("d2", 2, 3, "P17")]
     path = tmp_path / "result.json"
-    assert write_docred_result(docs, preds, path) == 3
+    assert write_docred_result(docs, preds, path) == 4  # duplicates once; "Na" kept, as the scorer counts it
     records = json.loads(path.read_text())
     assert records[0] == {"title": "D1", "h_idx": 0, "t_idx": 1, "r": "P17"}
     back = read_docred_result(path, docs)
-    assert back == [Prediction("d1", 0, 1, "P17"), Prediction("d2", 0, 2, "P131"), Prediction("d2", 2, 3, "P17")]
+    assert back == [Prediction("d1", 0, 1, "P17"), Prediction("d2", 0, 2, "P131"), Prediction("d1", 1, 3, "Na"),
+                    Prediction("d2", 2, 3, "P17")]
     # file objects work too, and re-scoring the read-back file gives the same numbers
     buf = io.StringIO()
     write_docred_result(docs, preds, buf)

@@ -33,8 +33,11 @@ def document_table(docs: Iterable[Document], inventory: RelationInventory | None
             "positive_pairs": len({(f.head, f.tail) for f in facts}),
             "subwords": n_subwords,
         })
-    schema = {"doc_id": pl.String, "labelled": pl.Boolean, "subwords": pl.Int64}
-    return pl.DataFrame(rows, schema_overrides=schema, infer_schema_length=None), relations
+    # a full schema, so an empty input gives an empty table with the right columns (0 documents), not a crash
+    schema = {"doc_id": pl.String, "labelled": pl.Boolean, "sentences": pl.Int64, "words": pl.Int64,
+              "entities": pl.Int64, "mentions": pl.Int64, "candidate_pairs": pl.Int64, "facts": pl.Int64,
+              "positive_pairs": pl.Int64, "subwords": pl.Int64}
+    return pl.DataFrame(rows, schema=schema), relations
 
 
 def summarize(table: pl.DataFrame, relations: Counter, limit: int = 512) -> dict:
@@ -42,7 +45,7 @@ def summarize(table: pl.DataFrame, relations: Counter, limit: int = 512) -> dict
         pl.len().alias("documents"),
         pl.col("labelled").sum().alias("labelled_documents"),
         pl.col("sentences").sum(), pl.col("words").sum(),
-        pl.col("entities").sum(), pl.col("entities").max().alias("max_entities_per_doc"),
+        pl.col("entities").sum(), pl.col("entities").max().fill_null(0).alias("max_entities_per_doc"),
         pl.col("mentions").sum(), pl.col("candidate_pairs").sum(),
         pl.col("positive_pairs").sum(), pl.col("facts").sum(),
     ).to_dicts()[0]

@@ -51,8 +51,16 @@ class TokenizeConfig:
     encoder: str = DEFAULT_ENCODER
     marker: str = "*"
     relations: str | None = None  # 'cdr', a rel_info.json / inventory URL, or None to infer from labels
-    format: str | None = None  # reader format; inferred from the file name when None
+    format: str | None = None  # reader format; inferred from the file name (then content) when None
     row_group_size: int = 256
+    passages: str = "title_abstract"  # BioC: title + abstract, or "all" passages
+    concepts: str | None = None  # PubMed XML: concept index URL (entities)
+    unlinked: str = "drop"  # mentions without a KB id: "drop" or "keep"
+
+    def read_options(self):
+        from .io import ReadOptions
+        return ReadOptions(passages=self.passages, unlinked=self.unlinked, concepts=self.concepts,
+                           entity_types="all")
 
 
 @dataclass
@@ -140,8 +148,12 @@ def encode_document(doc: Document, tokenizer, inventory: RelationInventory, mark
 
 
 def _cache_key(input_sum: str, cfg: TokenizeConfig, vhash: str, inventory: RelationInventory) -> str:
-    payload = json.dumps([SCHEMA_VERSION, input_sum, cfg.encoder, vhash, cfg.marker, cfg.format,
-                          inventory.to_json()], sort_keys=True)
+    fields = [SCHEMA_VERSION, input_sum, cfg.encoder, vhash, cfg.marker, cfg.format, inventory.to_json()]
+    read = {k: v for k, v in (("passages", cfg.passages), ("concepts", cfg.concepts), ("unlinked", cfg.unlinked))
+            if v != TokenizeConfig.__dataclass_fields__[k].default}
+    if read:  # only non-default read options enter the key, so existing caches stay valid
+        fields.append(read)
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -179,10 +191,12 @@ def tokenize_to_parquet(inputs: list[str], out_url: str, cfg: TokenizeConfig = T
     tmp = f"{path}/.tmp-{uuid.uuid4().hex}"
     quarantine: list[Quarantined] = []
     n_docs = n_sub = 0
+    entity_types: set[str] = set()
     with fs.open(f"{tmp}.parquet", "wb") as f, pq.ParquetWriter(f, SCHEMA) as writer:
         batch: list[dict] = []
         for doc in _progress(_read_all(inputs, cfg, inventory, quarantine if lenient else None), progress):
             row = encode_document(doc, tokenizer, inventory, cfg.marker)
+            entity_types.update(row["entity_types"])
             batch.append(row)
             n_docs += 1
             n_sub += row["num_tokens"]
@@ -196,7 +210,8 @@ def tokenize_to_parquet(inputs: list[str], out_url: str, cfg: TokenizeConfig = T
         for q in quarantine:
             f.write(json.dumps(asdict(q)) + "\n")
     manifest = Manifest(SCHEMA_VERSION, key, list(inputs), input_sum, cfg.encoder, type(tokenizer).__name__,
-                        vhash, cfg.marker, json.loads(inventory.to_json()), n_docs, len(quarantine), n_sub,
+                        vhash, cfg.marker, _with_entity_types(inventory, entity_types), n_docs,
+                        sum(q.count for q in quarantine), n_sub,
                         round(time.time() - t0, 3), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     with fs.open(f"{tmp}.json", "w") as f:
         json.dump(asdict(manifest), f, indent=2)
@@ -204,10 +219,18 @@ def tokenize_to_parquet(inputs: list[str], out_url: str, cfg: TokenizeConfig = T
     return manifest
 
 
+def _with_entity_types(inventory: RelationInventory, types: set[str]) -> dict:
+    """The inventory as the manifest stores it, with the entity types seen: a model trained on it records them."""
+    d = json.loads(inventory.to_json())
+    d["entity_types"] = sorted(types)
+    return d
+
+
 def _inventory(inputs: list[str], cfg: TokenizeConfig) -> RelationInventory:
     if cfg.relations:
         return load_inventory(cfg.relations)
-    docs = (d for url in inputs for d in read_documents(url, cfg.format, None, quarantine=[]))
+    docs = (d for url in inputs for d in read_documents(url, cfg.format, None, quarantine=[],
+                                                        options=cfg.read_options()))
     return load_inventory(None, docs)
 
 
@@ -215,7 +238,7 @@ def _read_all(inputs: list[str], cfg: TokenizeConfig, inventory: RelationInvento
               quarantine: list[Quarantined] | None) -> Iterator[Document]:
     seen: set[str] = set()
     for url in inputs:
-        for doc in read_documents(url, cfg.format, inventory, quarantine):
+        for doc in read_documents(url, cfg.format, inventory, quarantine, cfg.read_options()):
             if doc.id in seen:  # across files: ids must stay unique within one dataset
                 err = DocumentError(url, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
                                                                  f"(already read from an earlier input)")
