@@ -85,6 +85,8 @@ class RawDocument:
     relations: list[RawRelation] = field(default_factory=list)
     labelled: bool = True
     where: str = ""
+    # sentence spans given by the source (BioC <sentence>s, our own writer's); None: segment the passages
+    sentences: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -113,7 +115,10 @@ def assemble(raw: RawDocument, source: str, inventory: RelationInventory | None 
                                 f"{text[m.start:m.end]!r}")
     protected = [(m.start, m.end) for m in raw.mentions]
     boundaries = {c for s, e in protected for c in (s, e)}
-    sents = [span for a, b in raw.passages for span in sentence_spans(text, a, b, protected)]
+    if raw.sentences:
+        sents = raw.sentences
+    else:
+        sents = [span for a, b in raw.passages for span in sentence_spans(text, a, b, protected)]
     token_chars = [token_spans(text, a, b, boundaries) for a, b in sents]
     sentences = [[text[a:b] for a, b in toks] for toks in token_chars]
     start_at, end_at = {}, {}

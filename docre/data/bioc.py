@@ -69,6 +69,8 @@ def _xml_document(el) -> dict:
         if text is None:  # sentence-level BioC: the passage text is its sentences' texts at their offsets
             text = _sentences_text(p)
         passages.append({"infons": _infons(p), "offset": p.findtext("offset"), "text": text,
+                         "sentences": [{"offset": s.findtext("offset"), "text": s.findtext("text")}
+                                       for s in p.iterfind("sentence")],
                          "annotations": annotations(p) + [a for s in p.iterfind("sentence") for a in annotations(s)],
                          "relations": relations(p)})
     return {"id": el.findtext("id"), "infons": _infons(el), "passages": passages,
@@ -211,8 +213,19 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
         title = ""  # the title is not the first kept passage: no title
     mentions: list[RawMention] = []
     by_ann: dict[str, list[tuple[str, str]]] = {}
+    sentences: list[tuple[int, int]] | None = []
     for (p, _), start, t in zip(kept, starts, texts):
         p_off = _int(p.get("offset", 0), "passage offset", source, where)
+        sents = p.get("sentences") or []
+        if sentences is not None and sents and all(s.get("text") for s in sents):
+            for s in sents:  # sentences the source states: used as they are (every kept passage must have them)
+                local = _int(s.get("offset"), "sentence offset", source, where) - p_off
+                if t[local:local + len(s["text"])] != s["text"]:
+                    raise DocumentError(source, where, f"sentence at offset {s.get('offset')} does not match "
+                                                       f"its passage text")
+                sentences.append((start + local, start + local + len(s["text"])))
+        else:
+            sentences = None
         for a in p.get("annotations") or []:
             infons = a.get("infons") or {}
             aid = str(a.get("id"))
@@ -260,7 +273,7 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
                                                               "entities (role1/role2, nodes, or Chemical/Disease)")
         relations.append(RawRelation(rtype, head, tail, rwhere))
     labelled = bool(all_rel) or str((d.get("infons") or {}).get("docre_labelled", "")).lower() == "true"
-    return RawDocument(doc_id, text, spans, title, mentions, relations, labelled, where)
+    return RawDocument(doc_id, text, spans, title, mentions, relations, labelled, where, sentences or None)
 
 
 def read_bioc(records: Iterable[dict], source: str, inventory: RelationInventory | None = None,
@@ -309,18 +322,26 @@ def _passages_of(doc: Document) -> list[tuple[str, int, str]]:
     return [("abstract", 0, text)]
 
 
+def _token_chars(doc: Document) -> list[list[tuple[int, int]]]:
+    if doc.text is not None and doc.token_chars is not None:
+        return doc.token_chars
+    chars, pos = [], 0  # rebuilt text: tokens joined by single spaces, sentences too
+    for sent in doc.sentences:
+        spans = []
+        for tok in sent:
+            spans.append((pos, pos + len(tok)))
+            pos += len(tok) + 1
+        chars.append(spans)
+    return chars
+
+
+def _sentence_spans(doc: Document) -> list[tuple[int, int]]:
+    return [(toks[0][0], toks[-1][1]) for toks in _token_chars(doc) if toks]
+
+
 def _mention_spans(doc: Document) -> list[tuple[int, int, str, str, list[str], list[int]]]:
     """(start, end, text, type, ids, entity indices) per distinct span, in text order."""
-    if doc.text is not None and doc.token_chars is not None:
-        chars = doc.token_chars
-    else:  # rebuilt text: tokens joined by single spaces, sentences too
-        chars, pos = [], 0
-        for sent in doc.sentences:
-            spans = []
-            for tok in sent:
-                spans.append((pos, pos + len(tok)))
-                pos += len(tok) + 1
-            chars.append(spans)
+    chars = _token_chars(doc)
     spans: dict[tuple[int, int], tuple[str, str, list[str], list[int]]] = {}
     text = doc.text if doc.text is not None else " ".join(" ".join(s) for s in doc.sentences)
     for ei, ent in enumerate(doc.entities):
@@ -336,6 +357,10 @@ def _mention_spans(doc: Document) -> list[tuple[int, int, str, str, list[str], l
 def _bioc_dict(doc: Document, relations: list[dict] | None, model_version: str | None) -> dict:
     passages = [{"infons": {"type": ptype, "section_type": ptype.upper()}, "offset": off, "text": text,
                  "sentences": [], "annotations": [], "relations": []} for ptype, off, text in _passages_of(doc)]
+    for a, b in _sentence_spans(doc):  # our segmentation, so reading the file back gives the same sentences
+        target = next(p for p in reversed(passages) if p["offset"] <= a)
+        target["sentences"].append({"offset": a, "text": target["text"][a - target["offset"]:b - target["offset"]],
+                                    "annotations": [], "relations": []})
     first_ann: dict[int, str] = {}
     for n, (a, b, mtext, mtype, ids, ents) in enumerate(_mention_spans(doc)):
         aid = f"T{n}"
@@ -399,6 +424,8 @@ def write_bioc_xml(docs: Iterable[Document], triples: Iterable[Any] | None = Non
         for p in d["passages"]:
             out.append(f"    <passage>\n{infons(p['infons'], '      ')}      <offset>{p['offset']}</offset>\n"
                        f"      <text>{escape(p['text'])}</text>\n")
+            out.extend(f"      <sentence><offset>{s['offset']}</offset><text>{escape(s['text'])}</text></sentence>\n"
+                       for s in p["sentences"])
             for a in p["annotations"]:
                 loc = a["locations"][0]
                 out.append(f"      <annotation id={quoteattr(a['id'])}>\n{infons(a['infons'], '        ')}"
