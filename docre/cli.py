@@ -26,7 +26,8 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-unlinked", action="store_true", help="keep mentions with id -, -1 or empty as entities")
 
 
-def print_counts(counts: dict, quarantine: list, out=sys.stdout, limit: int = 10) -> None:
+def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> None:
+    out = out or sys.stdout  # looked up per call: tests and callers may have replaced it
     for key, n in sorted(counts.items()):
         print(f"{'left out':>24}: {n:,} {key}", file=out)
     if quarantine:

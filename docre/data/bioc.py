@@ -93,10 +93,12 @@ def iter_bioc_xml(f: IO[bytes], source: str) -> Iterator[dict]:
     parser = etree.iterparse(f, events=("end",), tag="document", huge_tree=True, resolve_entities=False,
                              no_network=True, load_dtd=False)
     try:
+        index = 0
         for _, el in parser:
             if el.getparent() is None or el.getparent().tag != "collection":
                 continue  # not a BioC document element (e.g. a nested "document" infon-less tag)
-            yield _xml_document(el)
+            yield _xml_document(el) | {"index": index}
+            index += 1
             el.clear()
             parent = el.getparent()
             while el.getprevious() is not None:

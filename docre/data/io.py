@@ -133,7 +133,8 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        data = self.f.read(len(b))
+        # read1: at most one read underneath, so data decompressed before a truncation point is not thrown away
+        data = self.f.read1(len(b)) if hasattr(self.f, "read1") else self.f.read(len(b))
         n = len(data)
         b[:n] = data
         self.pos += n
@@ -151,7 +152,9 @@ def stream_error(source: str, err: BaseException, pos: int | None = None, line: 
     if isinstance(err, tarfile.TarError):
         kind = "corrupt or truncated tar archive"
     problem = f"{kind}: {err}" if kind else f"{type(err).__name__}: {err}"
-    return DocumentError(source, where, problem)
+    out = DocumentError(source, where, problem)
+    out.stream = True  # the byte stream itself broke: nothing after this point can be read
+    return out
 
 
 def open_binary(url: str) -> IO[bytes]:
@@ -209,19 +212,26 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
                 doc = keep_entity_types(doc, types, counts)
             yield doc
 
-    sources = _archive_members(url) if is_archive(url) else [(url, None)]
-    for source, member in sources:
-        try:
-            yield from post(_read_one(source, member, format, check, quarantine, options, counts, deleted))
+    sources = _archive_members(url) if is_archive(url) else iter([(url, None)])
+    while True:
+        try:  # the archive itself may break between members: that ends this input, as one record
+            source, member = next(sources)
+        except StopIteration:
+            return
         except DocumentError as err:
             if quarantine is None:
                 raise
             quarantine.append(Quarantined.of(err))
-        except _STREAM_ERRORS as e:
-            err = stream_error(source, e)
+            return
+        try:
+            yield from post(_read_one(source, member, format, check, quarantine, options, counts, deleted))
+        except (DocumentError, *_STREAM_ERRORS) as e:
+            err = e if isinstance(e, DocumentError) else stream_error(source, e)
             if quarantine is None:
                 raise err from None
             quarantine.append(Quarantined.of(err))
+            if member is not None and getattr(err, "stream", False):
+                return  # a member's bytes broke: the archive around it is broken too, one record says so
 
 
 def _archive_members(url: str) -> Iterator[tuple[str, IO[bytes] | None]]:
