@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .data.document import Document, DocumentError, RelationInventory
-from .data.io import Quarantined, detect_format, read_documents
+from .data.io import Quarantined, ReadOptions, detect_format, is_archive, read_documents
 
 SCHEMA_VERSION = 1
 
@@ -222,7 +222,7 @@ def _wanted(path: str, format: str | None) -> bool:
     name = path.rsplit("/", 1)[-1]
     if name.startswith((".", "_")):
         return False
-    if format:
+    if format or is_archive(name):
         return True
     try:
         detect_format(name)
@@ -243,7 +243,9 @@ def iter_records(url: str, format: str | None = None, inventory: RelationInvento
     drained = 0
     i = 0
     try:
-        for doc in read_documents(url, format, inventory, quarantine=quarantine):
+        # gold labels from another schema are ignored and foreign entity types left out, never fatal
+        options = ReadOptions(unknown_relations="ignore")
+        for doc in read_documents(url, format, inventory, quarantine=quarantine, options=options):
             while drained < len(quarantine):  # records the reader refused before this document
                 yield i, quarantine[drained]
                 drained, i = drained + 1, i + 1

@@ -314,3 +314,68 @@ def test_every_source_reads_the_same_from_s3(s3_bucket, tmp_path, concept_index)
     fs.put(concept_index, f"{bucket}/index", recursive=True)
     s3_docs = read(PM / "pubmed26n0001.xml", options=ReadOptions(concepts=f"s3://{bucket}/index"))[0]
     assert s3_docs == read(PM / "pubmed26n0001.xml", options=ReadOptions(concepts=concept_index))[0]
+
+
+# ---------------------------------------------------------------- the CLI: stats and tokenize, local and S3
+
+def stats_json(args: list[str], capsys) -> dict:
+    from docre.cli import main
+    assert main(["data", "stats", *args, "--no-subwords", "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+# hand counts: documents, entities, facts of each source (DOC1..DOC3 above; PubMed with its concepts)
+SOURCE_COUNTS = {
+    "BioCXML.0.tar.gz": (3, 9 + 3 + 3, 2 + 1 + 1),
+    "api_sample.json": (2, 9 + 3, 2 + 1),
+    "collection_sample.json": (1, 3, 1),
+    "export_sample.pubtator": (2, 9 + 3, 1 + 1),
+    "pubmed26n0001.xml": (3, 3 + 2 + 1, 0),
+}
+
+
+def source_files(tmp_path: Path) -> dict[str, Path]:
+    tar = make_tar(tmp_path / "BioCXML.0.tar.gz", {"output/BioCXML/1.BioC.XML": (P3 / "bioc_sample.xml").read_bytes()})
+    return {"BioCXML.0.tar.gz": tar, "api_sample.json": P3 / "api_sample.json",
+            "collection_sample.json": P3 / "collection_sample.json",
+            "export_sample.pubtator": P3 / "export_sample.pubtator", "pubmed26n0001.xml": PM / "pubmed26n0001.xml"}
+
+
+def test_cli_stats_counts_every_source_locally_and_in_s3(tmp_path, capsys, concept_index, s3_bucket):
+    fs, bucket = s3_bucket
+    fs.put(concept_index, f"{bucket}/index", recursive=True)
+    for name, path in source_files(tmp_path).items():
+        fs.put(str(path), f"{bucket}/in/{name}")
+        for url, index in ((str(path), concept_index), (f"s3://{bucket}/in/{name}", f"s3://{bucket}/index")):
+            s = stats_json([url, "--concepts", index], capsys)
+            assert (s["documents"], s["entities"], s["facts"]) == SOURCE_COUNTS[name], (url, s)
+            assert s["quarantined"] == 0
+
+
+def test_cli_stats_reports_what_was_left_out(capsys):
+    s = stats_json([str(P3 / "bioc_sample.xml")], capsys)
+    assert s["left_out"] == {"unlinked mentions dropped": 2, "passages left out": 2,
+                             "relations without a mention in the text": 1}
+
+
+def test_cli_tokenize_an_archive_and_pubmed_with_concepts(tmp_path, tiny_encoder, concept_index):
+    import pyarrow.parquet as pq
+    from docre.cli import main
+    from docre.data.tokenize import read_manifest
+    files = source_files(tmp_path)
+    out = tmp_path / "tok"
+    assert main(["data", "tokenize", str(files["BioCXML.0.tar.gz"]), str(files["pubmed26n0001.xml"]), str(out),
+                 "--encoder", tiny_encoder, "--concepts", concept_index]) == 0
+    m = read_manifest(str(out))
+    assert (m.documents, m.quarantined) == (6, 0)
+    assert m.inventory["entity_types"] == ["Chemical", "Disease", "Gene", "Species"]
+    assert sorted(m.inventory["ids"]) == ["Association", "CID", "Na", "Negative_Correlation", "Positive_Correlation"]
+    rows = pq.read_table(out / "data.parquet", columns=["doc_id", "entity_types"]).to_pylist()
+    assert [r["doc_id"] for r in rows] == ["31000001", "31000002", "31000003", "32000001", "32000002", "32000003"]
+    assert [len(r["entity_types"]) for r in rows] == [9, 3, 3, 3, 2, 1]
+    # another passage choice is another dataset: not a cache hit
+    assert main(["data", "tokenize", str(files["BioCXML.0.tar.gz"]), str(files["pubmed26n0001.xml"]), str(out),
+                 "--encoder", tiny_encoder, "--concepts", concept_index, "--passages", "all"]) == 0
+    assert read_manifest(str(out)).reused is False
+    rows = pq.read_table(out / "data.parquet", columns=["doc_id", "entity_types"]).to_pylist()
+    assert len(rows[1]["entity_types"]) == 4  # PMC7000002 full text: Valproate too

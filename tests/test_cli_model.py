@@ -80,3 +80,47 @@ def test_predict_outputs_agree_with_the_api(trained, tmp_path, capsys):
     assert sorted((r["doc_id"], r["head"], r["tail"], r["relation"], r["iteration"]) for r in table) == expected
     assert sorted(read_docred_result(result, docs)) == sorted(e[:4] for e in expected)
     assert f"{len(docs)} documents -> {len(rows)} triples" in capsys.readouterr().err
+
+
+def test_checkpoint_records_the_entity_types_it_was_trained_on(trained):
+    relations = json.loads((trained / "run" / "stage2" / "best" / "relations.json").read_text())
+    assert relations["entity_types"] == ["Chemical", "Disease"]
+
+
+def test_predict_pubtator3_bioc_with_foreign_labels_writes_bioc(trained, tmp_path, capsys):
+    """Association labels and Gene/Species entities are not CDR's: ignored and counted, never fatal."""
+    model_dir = trained / "run" / "stage1" / "best"
+    src = FIXTURES / "pubtator3" / "bioc_sample.xml"
+    out = tmp_path / "pred.xml"
+    assert main(["predict", str(model_dir), str(src), str(out), "--device", "cpu", "--iterations", "0"]) == 0
+    err = capsys.readouterr().err
+    err = err[err.index("3 documents -> "):]  # after the progress bar
+    assert "0 quarantined" in err
+    assert "entities of type 'Species' left out" in err and "entities of type 'Gene' left out" in err
+    assert "gold labels with relation 'Negative_Correlation' ignored" in err
+    import bioc
+    with open(out) as f:
+        coll = bioc.biocxml.load(f)
+    assert [d.id for d in coll.documents] == ["31000001", "31000002", "31000003"]
+    rels = [r for d in coll.documents for r in d.relations]
+    n_triples = int(err.split(" -> ")[1].split()[0])
+    assert len(rels) == n_triples
+    for r in rels:
+        assert r.infons["type"] == "CID" and r.infons["model_version"] == "best" and 0.5 <= float(r.infons["score"])
+        assert r.infons["role1"].startswith("Chemical|") and r.infons["role2"].startswith("Disease|")
+    # the same through BioC JSON, and it reads back with our reader
+    js = tmp_path / "pred.bioc.json"
+    assert main(["predict", str(model_dir), str(src), str(js), "--device", "cpu", "--iterations", "0"]) == 0
+    assert len(json.loads(js.read_text())["documents"]) == 3
+
+
+def test_evaluate_without_training_data_shows_no_ign_f1(trained, capsys):
+    assert main(["evaluate", str(trained / "run" / "stage2" / "best"), str(trained / "data"), "--device", "cpu",
+                 "--iterations", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[4] == "IgnF1" and out[1].split()[4] == "—"
+    assert "IgnF1 not computed: pass --train-data" in "\n".join(out)
+    assert main(["evaluate", str(trained / "run" / "stage2" / "best"), str(trained / "data"), "--device", "cpu",
+                 "--iterations", "0", "--train-data", str(trained / "data")]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[4] != "—" and float(row[4]) >= 0

@@ -152,3 +152,34 @@ def test_record_counts_are_cached_by_fingerprint(tmp_path, monkeypatch):
     monkeypatch.undo()
     src.write_text(src.read_text() + BAD_LINE.replace("bad-mention", "bad-2") + "\n")  # input changed
     assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 5}
+
+
+def test_extraction_reads_a_pubtator3_archive_with_foreign_labels_and_types(model, tmp_path):
+    """PubTator3 BioC in a tar.gz: Association labels are not CDR's, Gene/Species are not CDR types; neither is
+    fatal. Every document comes out, none is quarantined, and triples only join Chemical -> Disease."""
+    import io
+    import tarfile
+    from dataclasses import replace as dc_replace
+
+    xml = (FIXTURES / "pubtator3" / "bioc_sample.xml").read_bytes()
+    archive = tmp_path / "in" / "BioCXML.0.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("output/BioCXML/1.BioC.XML")
+        info.size = len(xml)
+        tar.addfile(info, io.BytesIO(xml))
+    inv = dc_replace(cdr_inventory(), entity_types=["Chemical", "Disease"])
+    cdr_model = model
+    old_inventory, cdr_model.inventory = cdr_model.inventory, inv
+    try:
+        assert ex.list_inputs(str(tmp_path / "in")) == [str(archive)]
+        specs = ex.plan_shards([str(archive)], 2)
+        out = str(tmp_path / "out")
+        results = [ex.extract_shard(cdr_model, s, out, "v1") for s in specs]
+    finally:
+        cdr_model.inventory = old_inventory
+    assert sum(r.docs_in for r in results) == 3 and sum(r.docs_out for r in results) == 3
+    assert sum(r.quarantined for r in results) == 0
+    triples = ex.read_triples(out).to_pylist()
+    assert {(t["head_type"], t["tail_type"]) for t in triples} <= {("Chemical", "Disease")}
+    assert not {t["head_id"] for t in triples} & {"5562", "9606"}  # Gene / Species never reach the model
