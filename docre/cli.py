@@ -22,7 +22,8 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, help="override format detection (name, then content)")
     p.add_argument("--passages", choices=["title_abstract", "all"], default="title_abstract",
                    help="BioC: title + abstract (default, what models are trained on) or all passages (PMC full text)")
-    p.add_argument("--concepts", help="PubMed XML: a concept index built by `docre data concepts` (gives entities)")
+    p.add_argument("--concepts", help="PubMed XML: entities from a bioconcepts2pubtator3 file (indexed by PMID once, "
+                                      "cached in $DOCRE_CACHE) or an index from `docre data concepts`")
     p.add_argument("--keep-unlinked", action="store_true", help="keep mentions with id -, -1 or empty as entities")
 
 

@@ -379,3 +379,19 @@ def test_cli_tokenize_an_archive_and_pubmed_with_concepts(tmp_path, tiny_encoder
     assert read_manifest(str(out)).reused is False
     rows = pq.read_table(out / "data.parquet", columns=["doc_id", "entity_types"]).to_pylist()
     assert len(rows[1]["entity_types"]) == 4  # PMC7000002 full text: Valproate too
+
+
+def test_raw_bioconcepts_file_is_indexed_once_and_reused(tmp_path, monkeypatch, concept_index):
+    """--concepts may name the raw file: it is indexed once (cached), never re-read per PubMed file."""
+    from docre.data import pubmed
+    monkeypatch.setenv("DOCRE_CACHE", str(tmp_path / "cache"))
+    builds = []
+    real = pubmed.build_concept_index
+    monkeypatch.setattr(pubmed, "build_concept_index", lambda *a, **k: builds.append(a) or real(*a, **k))
+    raw = str(PM / "bioconcepts2pubtator3_sample.tsv")
+    first = read(PM / "pubmed26n0001.xml", options=ReadOptions(concepts=raw))[0]
+    second = read(PM / "pubmed26n1400.xml", options=ReadOptions(concepts=raw))[0]
+    assert len(builds) == 1
+    assert first == read(PM / "pubmed26n0001.xml", options=ReadOptions(concepts=concept_index))[0]
+    assert [e.kb_id for e in second[0].entities] == ["D002945", "D007674", "D006311"]
+    assert [p.name for p in (tmp_path / "cache" / "concepts").iterdir()] == [Path(pubmed.concept_index_for(raw)).name]

@@ -60,7 +60,8 @@ class ReadOptions:
     """How raw inputs become model input; flows and the CLI pass one of these through unchanged."""
     passages: Literal["title_abstract", "all"] = "title_abstract"  # BioC: which passages make the document
     unlinked: Literal["drop", "keep"] = "drop"  # mentions with id -, -1 or empty
-    concepts: str | None = None  # PubMed XML: a concept index URL (`docre data concepts`)
+    # PubMed XML: a bioconcepts2pubtator3-style file (indexed once, cached) or an index (`docre data concepts`)
+    concepts: str | None = None
     # gold labels outside the inventory: "check" fails the document (training data), "ignore" drops the label
     unknown_relations: Literal["check", "ignore"] = "check"
     # entity types the model was not trained on: left out ("model") or kept ("all")
@@ -261,7 +262,7 @@ def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inve
               deleted: list[str] | None) -> Iterator[Document]:
     from .bioc import iter_bioc_json, iter_bioc_xml, read_bioc
     from .docred import read_docred
-    from .pubmed import ConceptIndex, read_pubmed
+    from .pubmed import ConceptIndex, concept_index_for, read_pubmed
     from .pubtator import read_pubtator
 
     on_error = None if quarantine is None else (lambda err: quarantine.append(Quarantined.of(err)))
@@ -290,7 +291,7 @@ def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inve
             yield from read_bioc(iter_bioc_json(_load_json(stream, source), source), source, inventory,
                                  options.passages, options.unlinked, on_error, counts)
         elif fmt == "pubmed":
-            index = ConceptIndex(options.concepts) if options.concepts else None
+            index = ConceptIndex(concept_index_for(options.concepts)) if options.concepts else None
             yield from read_pubmed(stream, source, index, inventory, options.unlinked, on_error, counts, deleted)
         else:
             raise ValueError(f"unknown format {fmt!r}")

@@ -17,11 +17,11 @@ in the title and abstract by exact, case-sensitive match on token boundaries
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .assemble import AssembleOptions, RawDocument, RawMention, assemble, join_passages, split_ids
@@ -139,6 +139,43 @@ def build_concept_index(concepts_url: str, index_url: str, run_rows: int = 1_000
     with fs.open(f"{root}/manifest.json", "w") as out:  # written last: an index without it is incomplete
         json.dump(manifest, out, indent=1)
     return manifest
+
+
+def concept_index_for(url: str, cache_dir: str | None = None) -> str:
+    """A concept index URL for `url`: the index itself, or one built once from a raw bioconcepts file.
+
+    A raw file is indexed into ``cache_dir`` (default ``$DOCRE_CACHE`` or
+    ``~/.cache/docre``) under a key of its URL, size and modification stamp,
+    so every baseline file, process and later run reuses one index; the
+    index is built under a temporary name and renamed when complete, so
+    concurrent builders never see half an index.
+    """
+    import hashlib
+    import os
+    import shutil
+    import uuid
+
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.isdir(path):
+        if not fs.exists(f"{path}/manifest.json"):
+            raise DocumentError(url, "manifest.json", "not a concept index (no manifest.json)")
+        return url
+    info = fs.info(path)
+    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+    key = hashlib.sha256(f"{url}|{info.get('size')}|{stamp}".encode()).hexdigest()[:16]
+    root = Path(cache_dir or os.environ.get("DOCRE_CACHE") or Path.home() / ".cache" / "docre") / "concepts"
+    final = root / key
+    if (final / "manifest.json").exists():
+        return str(final)
+    tmp = root / f".{key}-{uuid.uuid4().hex[:8]}"
+    build_concept_index(url, str(tmp))
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished first: use its index
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
 
 
 class ConceptIndex:
