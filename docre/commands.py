@@ -24,9 +24,13 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .model.docre_ii import DocREModel
     from .train import evaluate, load_split, resolve_device
+    _set_threads(args)
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
     if args.output:
         model.config.output = args.output
+    model.predict_batch_size = args.batch_size
+    if args.int8:
+        model.quantize_int8()
     examples, docs = load_split(args.data)
     train_docs = load_split(args.train_data)[1] if args.train_data else None
     iterations = list(range(model.config.iterations + 1)) if args.iterations is None else \
@@ -47,19 +51,36 @@ def _evaluate(args: argparse.Namespace) -> None:
             json.dump(scores, f, indent=2)
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
+
+
+def _prediction_options(p: argparse.ArgumentParser) -> None:
+    """--batch-size, --threads and --int8, the same for every command that predicts."""
+    p.add_argument("--batch-size", type=int, default=8, help="documents per batch (default 8)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--int8", action="store_true",
+                   help="CPU only: int8 dynamic quantization of the encoder, base head and inference module")
+
+
 def _predict(args: argparse.Namespace) -> None:
     from .data.io import Quarantined, read_documents
     from .model.docre_ii import DocREModel
     from .train import resolve_device
     from .cli import print_counts, read_options
+    _set_threads(args)
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
+    if args.int8:
+        model.quantize_int8()
     quarantine: list[Quarantined] = []
     counts: dict = {}
     # gold labels outside the model's inventory are ignored (counted); other entity types are left out
     options = read_options(args)
     options.unknown_relations = "ignore"
     docs = list(read_documents(args.input, args.format, model.inventory, quarantine, options, counts))
-    triples = model.predict(docs, args.iterations, progress=True)
+    triples = model.predict(docs, args.iterations, batch_size=args.batch_size, progress=True)
     rows = [asdict(t) for t in triples]
     out_name = args.output.lower().removesuffix(".gz")
     if out_name.endswith((".xml", ".bioc.json")):  # BioC with predicted <relation>s, for PubTator tools
@@ -128,6 +149,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="also write the scores here")
     p.add_argument("--output", choices=["last", "sum"],
                    help="override how iterations combine: P^(K) (paper) or summed logits (authors' release)")
+    _prediction_options(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="extract triples from documents")
@@ -140,8 +162,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     add_input_flags(p)
     p.add_argument("--all-entity-types", action="store_true",
                    help="keep entities of types the model was not trained on (left out by default)")
-    p.add_argument("--iterations", type=int)
+    p.add_argument("--iterations", type=int, help="K (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
+    _prediction_options(p)
     p.set_defaults(func=_predict)
 
 

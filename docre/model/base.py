@@ -57,6 +57,76 @@ def localized_context(hidden: torch.Tensor, ent_att: torch.Tensor) -> torch.Tens
     return prod @ hidden
 
 
+def batched_entity_embeddings(hidden: torch.Tensor, rows_att: torch.Tensor, m_tok: torch.Tensor,
+                              m_ent: torch.Tensor, m_slot: torch.Tensor, m_valid: torch.Tensor,
+                              n_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`entity_embeddings` for a whole batch at once (no per-document loop).
+
+    hidden [B, T, D]; rows_att [B, M, H, T], the attention rows of the mention markers; mentions as
+    padded [B, M] tensors (marker position, entity, slot within the entity, real or padding)
+    -> (entities [B, N, D] by logsumexp over mentions, entity attention [B, N, H, T] = mean of rows).
+    """
+    B, T, D = hidden.shape
+    H = rows_att.shape[2]
+    if not bool(m_valid.any()):
+        return hidden.new_zeros(B, n_max, D), hidden.new_zeros(B, n_max, H, T)
+    b_idx = torch.arange(B, device=hidden.device)[:, None].expand_as(m_tok)[m_valid]
+    e_idx, s_idx = m_ent[m_valid], m_slot[m_valid]
+    states = hidden[b_idx, m_tok[m_valid]]  # [P, D]
+    padded = hidden.new_full((B, n_max, int(s_idx.max()) + 1, D), torch.finfo(hidden.dtype).min / 2)
+    padded[b_idx, e_idx, s_idx] = states
+    flat = b_idx * n_max + e_idx
+    counts = hidden.new_zeros(B * n_max).index_add_(0, flat, torch.ones_like(flat, dtype=hidden.dtype))
+    ents = torch.logsumexp(padded, dim=2) * (counts > 0).view(B, n_max, 1)  # entities with no mention -> 0
+    atts = hidden.new_zeros(B * n_max, H, T).index_add_(0, flat, rows_att[m_valid])
+    atts = atts / counts.clamp(min=1)[:, None, None]
+    return ents, atts.view(B, n_max, H, T)
+
+
+def batched_localized_context(hidden: torch.Tensor, ent_att: torch.Tensor) -> torch.Tensor:
+    """`localized_context` (eq. 1) for a whole batch: hidden [B, T, D], ent_att [B, N, H, T] -> [B, N, N, D]."""
+    B, N, H, T = ent_att.shape
+    prod = ent_att[:, :, None, 0] * ent_att[:, None, :, 0]  # [B, N, N, T], accumulated head by head
+    for h in range(1, H):
+        prod.addcmul_(ent_att[:, :, None, h], ent_att[:, None, :, h])
+    prod = prod / H
+    prod = prod / (prod.sum(-1, keepdim=True) + 1e-5)
+    return (prod.view(B, N * N, T) @ hidden).view(B, N, N, -1)
+
+
+class BaseHeadPlan(nn.Module):
+    """Prediction-time form of the base module's pair head (eq. 2-4; eval only, same math).
+
+    ``W_s [h_s, c_so]`` splits by linearity into ``W_s^e h_s + W_s^c c_so``: the entity half is
+    computed once per entity (N rows, not N^2), and the context halves of W_s and W_o run as one
+    matmul; tanh of the sum is exactly ``[z_s, z_o]``, the FNN's input, so no concatenation is built."""
+
+    def __init__(self, base: "BaseModule"):
+        super().__init__()
+        D = base.head_extractor.in_features // 2
+        E = base.head_extractor.out_features
+        self.E = E
+        w_s, w_o = base.head_extractor.weight, base.tail_extractor.weight
+        with torch.no_grad():
+            self.ent_proj = nn.Linear(D, 2 * E).to(w_s)
+            self.ent_proj.weight.copy_(torch.cat([w_s[:, :D], w_o[:, :D]]))
+            self.ent_proj.bias.copy_(torch.cat([base.head_extractor.bias, base.tail_extractor.bias]))
+            self.ctx_proj = nn.Linear(D, 2 * E, bias=False).to(w_s)
+            self.ctx_proj.weight.copy_(torch.cat([w_s[:, D:], w_o[:, D:]]))
+        self.pair_fnn = base.pair_fnn
+        self.classifier = base.classifier
+
+    def forward(self, ent: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ent [B, N, D], ctx [B, N, N, D] -> (F_0 [B, N, N, d], logits [B, N, N, R])."""
+        E = self.E
+        e = self.ent_proj(ent)  # [B, N, 2E]
+        z = self.ctx_proj(ctx)  # [B, N, N, 2E]
+        z[..., :E] += e[:, :, None, :E]  # head s = row
+        z[..., E:] += e[:, None, :, E:]  # tail o = column
+        features = self.pair_fnn(torch.tanh_(z))
+        return features, self.classifier(features)
+
+
 class BaseModule(nn.Module):
     def __init__(self, encoder: WindowedEncoder, num_relations: int, feature_dim: int = 256,
                  emb_dim: int | None = None, dropout: float = 0.1):
@@ -92,3 +162,19 @@ class BaseModule(nn.Module):
         for b, m in enumerate(mention_pos):
             mask[b, :len(m)] = True
         return BaseOutput(features, logits, mask)
+
+    def predict_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_tokens: torch.Tensor,
+                        mention_entity: torch.Tensor, mention_slot: torch.Tensor, mention_valid: torch.Tensor,
+                        entity_mask: torch.Tensor, head: BaseHeadPlan | None = None, lap=None) -> BaseOutput:
+        """`forward` for prediction, batched over documents: attention rows at mention markers only,
+        batched entity pooling and localized context, and the head through a `BaseHeadPlan`.
+        `lap(name)`, when given, is called after the encoder, the attention rows and the head."""
+        n_max = entity_mask.shape[1]
+        hidden, rows_att = self.encoder.encode_rows(input_ids, attention_mask, mention_tokens, lap=lap)
+        ent, ent_att = batched_entity_embeddings(hidden, rows_att, mention_tokens, mention_entity, mention_slot,
+                                                 mention_valid, n_max)
+        ctx = batched_localized_context(hidden, ent_att)
+        features, logits = (head or BaseHeadPlan(self))(ent, ctx)
+        if lap:
+            lap("base_head")
+        return BaseOutput(features, logits, entity_mask)

@@ -6,6 +6,8 @@ Data path: Document -> `encode_document` (Parquet row) -> `collate` (Batch) ->
 from __future__ import annotations
 
 import json
+import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Literal
@@ -13,12 +15,12 @@ from typing import Iterable, Literal
 import torch
 from torch import nn
 
-from ..data.batch import Batch, Example, bucketed_batches, collate
+from ..data.batch import Batch, Example, collate, prediction_batches
 from ..data.document import Document, RelationInventory
-from .base import BaseModule, BaseOutput
+from .base import BaseHeadPlan, BaseModule, BaseOutput
 from .encoder import WindowedEncoder, load_encoder
-from .inference import (InferenceConfig, InferenceModule, inject_noise, pair_mask_from_entities,
-                        reversed_view, sample_noise_rate, simclr_loss, simsiam_loss)
+from .inference import (ExtendedCrossAttention, InferenceConfig, InferenceModule, InferencePlan, inject_noise,
+                        pair_mask_from_entities, reversed_view, sample_noise_rate, simclr_loss, simsiam_loss)
 from .losses import adaptive_threshold_loss, threshold_decode
 
 
@@ -99,6 +101,7 @@ class DocREModel(nn.Module):
         self.base = BaseModule(windowed, config.num_relations, config.feature_dim, config.emb_dim, config.dropout)
         self.inference = InferenceModule(config.inference)
         self.inventory: RelationInventory | None = None
+        self.int8 = False  # set by `quantize_int8`: prediction only
 
     # ----------------------------------------------------------------- construction / checkpoints
     @staticmethod
@@ -217,28 +220,100 @@ class DocREModel(nn.Module):
         return steps[-1]
 
     # ----------------------------------------------------------------- prediction
-    @torch.no_grad()
+    def quantize_int8(self) -> "DocREModel":
+        """int8 prediction on CPU: dynamic quantization (int8 weights, activations quantized on the fly)
+        of the encoder's Linear layers here, and of the inference module's (and the base head's) in
+        each prediction plan. Prediction only: the model cannot be trained or saved afterwards."""
+        from torch.ao.quantization import quantize_dynamic
+        if next(self.parameters()).device.type != "cpu":
+            raise ValueError("int8 prediction (dynamic quantization) runs on the CPU only")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(self.base.encoder.model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.int8 = True
+        return self.eval()
+
+    def prediction_plans(self) -> tuple[BaseHeadPlan, InferencePlan]:
+        """The base head and inference module in their prediction forms, from the current weights."""
+        head, plan = BaseHeadPlan(self.base), InferencePlan(self.inference)
+        if self.int8:
+            from torch.ao.quantization import quantize_dynamic
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                head = quantize_dynamic(head, {nn.Linear}, dtype=torch.qint8)
+                plan = quantize_dynamic(plan, {nn.Linear}, dtype=torch.qint8)
+        return head, plan
+
+    def prediction_logits(self, batch: Batch, iterations: int | None = None,
+                          plans: tuple[BaseHeadPlan, InferencePlan] | None = None,
+                          lap=None) -> list[torch.Tensor]:
+        """`iteration_logits` for prediction: the same [base, P^(1), ..., P^(K)] (up to float rounding),
+        batched over documents, with attention rows at mention markers only and F_0's share of the
+        first inference layer computed once for all K iterations (see `InferencePlan`)."""
+        K = self.config.iterations if iterations is None else iterations
+        head, plan = plans or self.prediction_plans()
+        out = self.base.predict_forward(batch.input_ids, batch.attention_mask, batch.mention_tokens,
+                                        batch.mention_entity, batch.mention_slot, batch.mention_valid,
+                                        batch.entity_mask, head, lap)
+        cand = batch.candidate_mask
+        steps = [restrict_to_candidates(out.logits, cand)]
+        if K == 0:
+            return steps
+        f0 = out.features
+        f0_proj = plan.first_features(f0)
+        masks = ExtendedCrossAttention.masks(out.entity_mask, f0.dtype)
+        if lap:
+            lap("inference_f0")
+        for k in range(K):
+            steps.append(restrict_to_candidates(plan(f0, f0_proj, steps[-1], out.entity_mask, masks), cand))
+            if lap:
+                lap(f"inference_k{k + 1}")
+        return steps
+
     def predict_examples(self, examples: list[Example], iterations: int | None = None, batch_size: int = 8,
-                         max_tokens: int | None = 8192, progress: bool = False) -> dict[str, list[list[tuple]]]:
-        """doc_id -> per K (0..K) a list of (head, tail, relation index, score) decisions."""
+                         max_tokens: int | None = 8192, progress: bool = False,
+                         profile: dict | None = None, max_padding: float = 0.1) -> dict[str, list[list[tuple]]]:
+        """doc_id -> per K (0..K) a list of (head, tail, relation index, score) decisions.
+
+        Batches come from `prediction_batches` (length and entity count, padding within
+        `max_padding`); `profile`, when given, accumulates seconds per component
+        (collate, encoder, attention, base_head, inference_f0, inference_k1.., decode)."""
         self.eval()
         device = next(self.parameters()).device
         K = self.config.iterations if iterations is None else iterations
         results: dict[str, list[list[tuple]]] = {}
-        batches = bucketed_batches(examples, batch_size, shuffle=False, max_tokens=max_tokens)
+        batches = prediction_batches(examples, batch_size, max_tokens, max_padding, pair_weight=0.1 + 0.25 * K)
         if progress:
             from tqdm import tqdm
             batches = tqdm(batches, desc="predict", unit="batch")
-        for chunk in batches:
-            batch = collate(chunk, self.inventory, self.tokenizer.pad_token_id or 0).to(device)
-            with _autocast(device):
-                steps = self.iteration_logits(batch, K)
-            per_k = []
-            for k in range(K + 1):
-                logits = (self.final_logits(steps[:k + 1]) if k > 0 else steps[0]).float()
-                per_k.append(self._decode(logits, batch.candidate_mask))
-            for b, doc_id in enumerate(batch.doc_ids):
-                results[doc_id] = [decisions[b] for decisions in per_k]
+        lap = None
+        if profile is not None:
+            last = [time.perf_counter()]
+
+            def lap(name: str) -> None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                now = time.perf_counter()
+                profile[name] = profile.get(name, 0.0) + now - last[0]
+                last[0] = now
+        with torch.inference_mode():
+            plans = self.prediction_plans()
+            for chunk in batches:
+                if lap:
+                    lap("other")
+                batch = collate(chunk, self.inventory, self.tokenizer.pad_token_id or 0).to(device)
+                if lap:
+                    lap("collate")
+                with _autocast(device):
+                    steps = self.prediction_logits(batch, K, plans, lap)
+                per_k = []
+                for k in range(K + 1):
+                    logits = (self.final_logits(steps[:k + 1]) if k > 0 else steps[0]).float()
+                    per_k.append(self._decode(logits, batch.candidate_mask))
+                for b, doc_id in enumerate(batch.doc_ids):
+                    results[doc_id] = [decisions[b] for decisions in per_k]
+                if lap:
+                    lap("decode")
         return results
 
     def _decode(self, logits: torch.Tensor, cand: torch.Tensor) -> list[list[tuple]]:

@@ -12,6 +12,11 @@ eager path, so for BERT/RoBERTa-style encoders we instead take the last layer's
 input hidden state and recompute that one layer's softmax(QK^T/sqrt(d)) from
 its own query/key projections; other architectures fall back to
 ``output_attentions=True``.
+
+Prediction (`encode_rows`) needs attention rows only at the mention start
+markers: forward hooks capture the last layer's own query/key projections
+while the encoder runs (nothing is projected twice), and softmax(q K^T) is
+computed for those rows only, as `[B, M, H, T]` instead of `[B, H, T, T]`.
 """
 from __future__ import annotations
 
@@ -87,6 +92,117 @@ class WindowedEncoder(nn.Module):
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)
         scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
         return out.last_hidden_state, scores.softmax(-1)
+
+    def _encode_rows(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
+                     lap=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass over <= max_length tokens: (hidden [B,T,D], attention rows [B,M,H,T]).
+
+        rows [B, M]: the token positions whose last-layer attention distribution is wanted."""
+        b, t = ids.shape
+        d = self.hidden_size
+        heads = self.model.config.num_attention_heads
+        index = rows[..., None].expand(-1, -1, d)
+        if self._manual:
+            attn = self._last_attention
+            captured: dict[str, torch.Tensor] = {}
+            handles = [attn.query.register_forward_hook(lambda mod, i, o: captured.__setitem__("q", o)),
+                       attn.key.register_forward_hook(lambda mod, i, o: captured.__setitem__("k", o))]
+            try:
+                out = self.model(input_ids=ids, attention_mask=mask)
+            finally:
+                for h in handles:
+                    h.remove()
+            if lap:
+                lap("encoder")
+            if "q" in captured and "k" in captured and captured["k"].shape == (b, t, d):
+                q_all, k_all = captured["q"], captured["k"]
+            else:  # the layer did not call its projections as expected: project its input again
+                out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                x = out.hidden_states[-2]
+                q_all, k_all = attn.query(x), attn.key(x)
+            q = q_all.gather(1, index).view(b, -1, heads, d // heads).transpose(1, 2)  # [B, H, M, dh]
+            k = k_all.view(b, t, heads, d // heads).transpose(1, 2)  # [B, H, T, dh]
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)  # [B, H, M, T]
+            scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+            return out.last_hidden_state, scores.softmax(-1).transpose(1, 2)
+        out = self.model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        if lap:
+            lap("encoder")
+        att = out.attentions[-1]  # [B, H, T, T]
+        rows_att = att.gather(2, rows[:, None, :, None].expand(-1, att.shape[1], -1, t))
+        return out.last_hidden_state, rows_att.transpose(1, 2)
+
+    def encode_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                    lap=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `forward`, but the attention only at `rows` [B, M] (token positions, e.g. mention markers).
+
+        Returns hidden [B, T, D] and attention rows [B, M, H, T]; for a windowed document a row is
+        the sum of its windows' rows, renormalised, exactly as `forward` builds the full map."""
+        lengths = attention_mask.sum(1).tolist()
+        if max(lengths) <= self.max_length:
+            hidden, att = self._encode_rows(input_ids, attention_mask, rows, lap)
+            if lap:
+                lap("attention")
+            return hidden, att
+        pieces, owners = [], []
+        rows_list = rows.tolist()
+        for i, n in enumerate(lengths):
+            for a, b in self.windows(n):
+                whole = (a, b) == (0, n)
+                if whole:
+                    piece = input_ids[i, :n]
+                else:
+                    piece = torch.cat([input_ids.new_tensor([self.cls_id]), input_ids[i, a:b],
+                                       input_ids.new_tensor([self.sep_id])])
+                # rows of this document inside the window (the [CLS]/[SEP] rows are never mention rows)
+                mine = [(r, p if whole else p - a + 1) for r, p in enumerate(rows_list[i]) if a <= p < b]
+                pieces.append(piece)
+                owners.append((i, a, b, n, mine))
+        width = max(len(p) for p in pieces)
+        m_w = max(1, max(len(o[4]) for o in owners))
+        ids = input_ids.new_full((len(pieces), width), self.pad_id)
+        mask = torch.zeros_like(ids)
+        local_rows = torch.zeros((len(pieces), m_w), dtype=torch.long, device=input_ids.device)
+        for j, p in enumerate(pieces):
+            ids[j, :len(p)] = p
+            mask[j, :len(p)] = 1
+            if owners[j][4]:
+                local_rows[j, :len(owners[j][4])] = torch.as_tensor([lp for _, lp in owners[j][4]])
+        hidden_w, att_w = self._encode_rows(ids, mask, local_rows, lap)  # [P, width, D], [P, m_w, H, width]
+        B, T = input_ids.shape
+        H = att_w.shape[2]
+        hidden = hidden_w.new_zeros(B, T, hidden_w.shape[-1])
+        count = hidden_w.new_zeros(B, T, 1)
+        att = att_w.new_zeros(B, rows.shape[1], H, T)
+        for j, (i, a, b, n, mine) in enumerate(owners):
+            r_idx = torch.as_tensor([r for r, _ in mine], dtype=torch.long, device=att.device)
+            k = len(mine)
+            if (a, b) == (0, n):
+                hidden[i, :n] += hidden_w[j, :n]
+                count[i, :n] += 1
+                if k:
+                    att[i, r_idx, :, :n] += att_w[j, :k, :, :n]
+                continue
+            w = b - a
+            hidden[i, a:b] += hidden_w[j, 1:w + 1]
+            count[i, a:b] += 1
+            if k:
+                att[i, r_idx, :, a:b] += att_w[j, :k, :, 1:w + 1]
+            if a == 1:
+                hidden[i, 0] += hidden_w[j, 0]
+                count[i, 0] += 1
+                if k:
+                    att[i, r_idx, :, 0] += att_w[j, :k, :, 0]
+            if b == n - 1:
+                hidden[i, n - 1] += hidden_w[j, w + 1]
+                count[i, n - 1] += 1
+                if k:
+                    att[i, r_idx, :, n - 1] += att_w[j, :k, :, w + 1]
+        hidden = hidden / count.clamp(min=1)
+        att = att / (att.sum(-1, keepdim=True) + 1e-10)
+        if lap:
+            lap("attention")
+        return hidden, att
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, T] with [CLS] ... [SEP] and right padding -> hidden [B,T,D], attention [B,H,T,T]."""

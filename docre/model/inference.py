@@ -36,6 +36,7 @@ __all__ = [
     "FeedForward",
     "InferenceLayer",
     "InferenceModule",
+    "InferencePlan",
     "SimSiamPredictor",
     "inject_noise",
     "noise_count",
@@ -191,6 +192,8 @@ class ExtendedCrossAttention(_FourHeadProjections):
         """Eq. 5-7. Returns ``[B, N, N, d]`` (and, when ``return_weights``, a dense
         ``[B, 4, N*N, N*N]`` map: weight of query cell ``s*N+o`` on key cell ``s'*N+o'`` per head;
         this path materialises the scores explicitly and is meant for small N only)."""
+        if not return_weights:
+            return self.attend(self.q_proj(m), self.k_proj(m), self.v_proj(m), entity_mask)
         b, n = m.shape[0], m.shape[1]
         dh = self.head_dim
         q = self._arrange(self.q_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
@@ -225,6 +228,34 @@ class ExtendedCrossAttention(_FourHeadProjections):
             return y
         return y, self._dense_weights(weights.view(b, n, NUM_ECA_HEADS, n, n), pair_mask)
 
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, entity_mask: Tensor,
+               masks: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """Eq. 6-7 from already projected ``Q, K, V`` (each ``[B, N, N, d]``): the four axial heads,
+        their concatenation, W_O and the pair mask. ``masks`` optionally passes precomputed
+        ``(additive key mask [B*N, 1, 1, N], pair mask [B, N, N, 1] as floats)`` (see :meth:`masks`)."""
+        b, n = q.shape[0], q.shape[1]
+        dh = self.head_dim
+        q = self._arrange(q.view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
+        k = self._arrange(k.view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
+        v = self._arrange(v.view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
+        add_mask, pm = masks if masks is not None else self.masks(entity_mask, q.dtype)
+        out = Fn.scaled_dot_product_attention(q, k, v, attn_mask=add_mask)
+        out = out.view(b, n, NUM_ECA_HEADS, n, dh)  # [B, g, head, i, dh]
+        merged = torch.cat([out[:, :, 0], out[:, :, 1].transpose(1, 2), out[:, :, 2],
+                            out[:, :, 3].transpose(1, 2)], dim=-1)  # [B, N, N, d]  (Concat of eq. 7)
+        merged = merged * pm
+        return self.dropout(self.o_proj(merged)) * pm
+
+    @staticmethod
+    def masks(entity_mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(additive key mask ``[B*N, 1, 1, N]``, float pair mask ``[B, N, N, 1]``) for :meth:`attend`."""
+        em = entity_mask.bool()
+        b, n = em.shape
+        eye = torch.eye(n, dtype=torch.bool, device=em.device)
+        key_valid = em[:, None, :] & ~eye[None]  # [B, N(g), N(j)]
+        return (_additive_mask(key_valid, dtype).reshape(b * n, 1, 1, n),
+                pair_mask_from_entities(em)[..., None].to(dtype))
+
     @staticmethod
     def _dense_weights(w: Tensor, pair_mask: Tensor) -> Tensor:
         """Scatter per-line weights ``[B, g, 4, i, j]`` to a dense ``[B, 4, N*N, N*N]`` cell map."""
@@ -253,6 +284,8 @@ class FullPairAttention(_FourHeadProjections):
 
     def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False):
         """Returns ``[B, N, N, d]`` (and dense ``[B, 4, N*N, N*N]`` weights when asked)."""
+        if not return_weights:
+            return self.attend(self.q_proj(m), self.k_proj(m), self.v_proj(m), entity_mask)
         b, n = m.shape[0], m.shape[1]
         dh = self.head_dim
 
@@ -274,6 +307,24 @@ class FullPairAttention(_FourHeadProjections):
         if not return_weights:
             return y
         return y, weights * pair_mask.reshape(b, 1, n * n, 1).to(weights.dtype)
+
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, entity_mask: Tensor,
+               masks: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """Attention from already projected ``Q, K, V`` (each ``[B, N, N, d]``); ``masks`` is unused
+        (it is the ECA's precomputed mask pair; this ablation builds its own)."""
+        b, n = q.shape[0], q.shape[1]
+        dh = self.head_dim
+
+        def heads(x: Tensor) -> Tensor:
+            return x.reshape(b, n * n, NUM_ECA_HEADS, dh).transpose(1, 2)  # [B, 4, N^2, dh]
+
+        pair_mask = pair_mask_from_entities(entity_mask)
+        add_mask = _additive_mask(pair_mask.reshape(b, 1, 1, n * n), q.dtype)
+        out = Fn.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=add_mask)
+        out = out.transpose(1, 2).reshape(b, n, n, self.hidden)
+        pm = pair_mask[..., None].to(out.dtype)
+        return self.dropout(self.o_proj(out * pm)) * pm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +510,76 @@ class InferenceModule(nn.Module):
             outputs.append(logits)
             prev = logits
         return outputs
+
+
+class InferencePlan(nn.Module):
+    """Prediction-time form of an :class:`InferenceModule` (eval only; same math, less work).
+
+    Across the K test-time iterations F_0 never changes, so the first layer's projections of M_0 =
+    [F_0, R_0] are split by linearity, ``W [F_0, R_0] + b = (W_F F_0 + b) + W_R R_0``: the feature
+    half is computed once per batch (:meth:`first_features`), and with the paper's argmax relation
+    matrix ``W_R R_0 = (W_R emb)[argmax]`` is a row lookup in a precomputed ``[C, 6d]`` table. The
+    Q, K and V maps of both attention units of a layer run as one fused matmul. The layers' own
+    ``attend`` (eq. 6-7), ``update`` (eq. 8-11) and the module's ``classify`` (eq. 12) do the rest.
+    Built from the module's current weights; build a new plan after the weights change."""
+
+    def __init__(self, module: InferenceModule):
+        super().__init__()
+        d = module.cfg.hidden
+        self.d = d
+        self.argmax = module.cfg.relation_matrix == "argmax"
+        self.layers = module.layers
+        self.classifier = module.classifier
+        self.emb = module.emb
+        self.module_cfg = module.cfg
+        units = lambda layer: [layer.feature_attn.q_proj, layer.feature_attn.k_proj, layer.feature_attn.v_proj,
+                               layer.relation_attn.q_proj, layer.relation_attn.k_proj, layer.relation_attn.v_proj]
+        with torch.no_grad():
+            first = units(module.layers[0])
+            w = torch.cat([lin.weight for lin in first])  # [6d, 2d]
+            bias = torch.cat([lin.bias for lin in first])
+            self.first_f = nn.Linear(d, 6 * d).to(w)
+            self.first_f.weight.copy_(w[:, :d])
+            self.first_f.bias.copy_(bias)
+            self.first_r = nn.Linear(d, 6 * d, bias=False).to(w)
+            self.first_r.weight.copy_(w[:, d:])
+            self.register_buffer("table", module.emb.weight @ w[:, d:].t(), persistent=False)  # [C, 6d]
+            self.qkv = nn.ModuleList()
+            for layer in module.layers[1:]:
+                lins = units(layer)
+                fused = nn.Linear(2 * d, 6 * d).to(w)
+                fused.weight.copy_(torch.cat([lin.weight for lin in lins]))
+                fused.bias.copy_(torch.cat([lin.bias for lin in lins]))
+                self.qkv.append(fused)
+
+    def first_features(self, f0: Tensor) -> Tensor:
+        """``W_F F_0 + b`` for the Q, K, V of both attention units of layer 1: ``[B, N, N, 6d]``."""
+        return self.first_f(f0)
+
+    def relation_input(self, prev_logits: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(R_0 = emb(.) of the previous iteration's logits, masked; its projection ``W_R R_0``)."""
+        pm = pair_mask[..., None].to(self.table.dtype)
+        if self.argmax:
+            ids = prev_logits.argmax(-1)
+            return Fn.embedding(ids, self.emb.weight) * pm, Fn.embedding(ids, self.table) * pm
+        pos = prev_logits[..., 1:] > prev_logits[..., :1]
+        hot = torch.cat([~pos.any(-1, keepdim=True), pos], dim=-1)
+        r0 = (hot.to(self.emb.weight.dtype) @ self.emb.weight) * pm
+        return r0, self.first_r(r0)
+
+    def forward(self, f0: Tensor, f0_proj: Tensor, prev_logits: Tensor, entity_mask: Tensor,
+                masks: tuple[Tensor, Tensor]) -> Tensor:
+        """One iteration: logits ``P^(k+1)`` from F_0 (and its cached projection) and ``P^(k)``."""
+        d = self.d
+        r, r_proj = self.relation_input(prev_logits, masks[1][..., 0])
+        f = f0
+        for i, layer in enumerate(self.layers):
+            proj = f0_proj + r_proj if i == 0 else self.qkv[i - 1](torch.cat([f, r], dim=-1))
+            qf, kf, vf, qr, kr, vr = proj.split(d, dim=-1)
+            f_tilde = layer.feature_attn.attend(qf, kf, vf, entity_mask, masks)
+            r_tilde = layer.relation_attn.attend(qr, kr, vr, entity_mask, masks)
+            f, r = layer.update(f, r, f_tilde, r_tilde)
+        return self.classifier(torch.cat([f, r], dim=-1))
 
 
 def reversed_view(module: InferenceModule, f0: Tensor, r_hat: Tensor, mask: Tensor) -> Tensor:
