@@ -106,7 +106,8 @@ def _urls(args: argparse.Namespace | None, prefix: str = "") -> str:
     if args is None:
         return "docre"
     found = []
-    for key in ("paths", "inputs", "input", "out", "output", "model", "data", "config", "store", "index", "concepts"):
+    for key in ("paths", "inputs", "input", "out", "output", "model", "data", "config", "store", "index", "concepts",
+                "out_url"):
         v = getattr(args, key, None)
         for u in v if isinstance(v, list) else [v]:
             if isinstance(u, str) and u.startswith(prefix):
@@ -146,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     conc.add_argument("--run-rows", type=int, default=1_000_000, help="rows sorted in memory per run (memory bound)")
     conc.set_defaults(func=_data_concepts)
 
-    from .commands import add_data_commands, add_model_commands
+    from .commands import add_data_commands, add_extract_commands, add_model_commands
     add_data_commands(data)
     add_model_commands(sub)
+    add_extract_commands(sub)
     from .model_store_cli import add_store_commands; add_store_commands(sub)  # noqa: E702 (docre model ...)
 
     argv = list(sys.argv[1:] if argv is None else argv)

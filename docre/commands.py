@@ -108,6 +108,18 @@ def _predict(args: argparse.Namespace) -> None:
     print_counts(counts, quarantine, out=sys.stderr)
 
 
+def _aggregate(args: argparse.Namespace) -> None:
+    """Rebuild the knowledge graph of an extraction output (latest citation versions, deletions applied)."""
+    from .extract import aggregate, load_plan
+    parts, deletions = load_plan(args.out_url)
+    s = aggregate(args.out_url, parts, deletions, examples=args.examples)
+    print(f"{s['graph_url']}: {s['facts']:,} facts from {s['documents_with_facts']:,} documents; "
+          f"{s['triples_kept']:,} of {s['triples_in']:,} triples kept ({s['documents_deleted']:,} deleted citations)")
+    print(f"{'relation':>28} {'documents':>10} {'facts':>8}")
+    for r in s["relations"][:args.top]:
+        print(f"{r['relation']:>28} {r['documents']:>10,} {r['facts']:>8,}")
+
+
 def _split(args: argparse.Namespace) -> None:
     """Deterministic split by document index (e.g. Re-DocRED dev into 400 train / 100 validation)."""
     from .data.docred import write_docred
@@ -166,6 +178,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     _prediction_options(p)
     p.set_defaults(func=_predict)
+
+
+def add_extract_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("aggregate", help="knowledge graph of an extraction output: one row per (head, relation, tail)")
+    p.add_argument("out_url", help="the extraction output URL (docre-extract's out_url)")
+    p.add_argument("--examples", type=int, default=5, help="example documents with evidence per fact")
+    p.add_argument("--top", type=int, default=20, help="relations to print")
+    p.set_defaults(func=_aggregate)
 
 
 def add_data_commands(data: argparse._SubParsersAction) -> None:

@@ -1,90 +1,196 @@
-"""`docre-extract`: triples from a document collection, sharded over a Dask cluster.
+"""`docre-extract`: triples from a document collection at PubMed scale, on a Dask cluster.
 
-    planning (this process)  ->  extract_shard x N (Dask workers)  ->  summary
+    resolve model -> list inputs -> prepare (each input streamed once, in parallel over files)
+      -> plan parts (from the prepare manifests) -> extract parts (bounded number in flight)
+      -> summary -> aggregate (knowledge graph) -> artifacts
 
-By default a LocalCluster with `n_workers` processes (1 thread each) is started
-for the run; `scheduler_address` uses an existing Dask scheduler instead, e.g.
-one worker per GPU (infra/dask-gpu.md). Shards already committed under
-`out_url` are skipped, so rerunning after a failure only does what is missing.
+By default a LocalCluster of `n_workers` processes is started for the run (1 torch thread each unless
+`threads_per_worker` says otherwise; workers x threads should not exceed the cores); `scheduler_address`
+uses a cluster started separately (`dask scheduler`, `dask worker --nthreads 1`, one worker per GPU, see
+infra/dask-gpu.md). Task runs on the workers report to this flow's Prefect API: its URL travels with every
+task (and is set in the LocalCluster's environment), so no worker starts a temporary server of its own.
+Parts committed under `out_url` are skipped, so rerunning after any failure only does what is missing.
 """
 from __future__ import annotations
 
-import json
-import os
+import logging
+import time
+from typing import Literal
 
-from prefect import flow, get_run_logger, unmapped
-from prefect.futures import wait
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
-from docre.extract import ShardSpec, redact_url
-from tasks.extract import extract_shard, pending_shards, plan_shards, resolve_model, summarize
+from docre import store
+from docre.extract import Part, PrepareConfig, pending_parts, plan_parts, write_plan
+from docre.storage import join, redact_url
+from tasks.extract import aggregate, extract_part, list_inputs, prepare_input, publish_report, resolve_model, summarize
+
+InputFormat = Literal["docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
-def dask_task_runner(scheduler_address: str | None = None, n_workers: int = 2) -> DaskTaskRunner:
+class _DropDashboardLink(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Dask dashboard is available" not in record.getMessage()
+
+
+class ClusterRunner(DaskTaskRunner):
+    """DaskTaskRunner that links the Dask dashboard only when the scheduler really serves one."""
+
+    def __enter__(self):
+        quiet = _DropDashboardLink()
+        self.logger.addFilter(quiet)
+        try:
+            super().__enter__()
+        finally:
+            self.logger.removeFilter(quiet)
+        if self._client.scheduler_info().get("services", {}).get("dashboard"):
+            self.logger.info("Dask dashboard: %s", self._client.dashboard_link)
+        return self
+
+
+def cluster_runner(scheduler_address: str | None, n_workers: int, threads_per_worker: int,
+                   api_url: str | None) -> ClusterRunner:
     if scheduler_address:
-        return DaskTaskRunner(address=scheduler_address)
-    # one process per worker; split the machine's cores between them so torch does not oversubscribe
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, n_workers)))
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None,
-                                          "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}})
+        return ClusterRunner(address=scheduler_address)
+    threads = str(threads_per_worker)
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return ClusterRunner(cluster_class="distributed.LocalCluster",
+                         cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                         "dashboard_address": None, "env": env})
 
 
-@flow(name="docre-extract-shards")
-def extract_shards(pending: list[ShardSpec], out_url: str, checkpoint_url: str, model_version: str,
-                   iterations: int | None = None, batch_size: int = 8, device: str = "auto",
-                   model_cache_dir: str | None = None) -> dict:
-    """Map extract_shard over `pending` on this flow's (Dask) task runner; failures are reported, not raised."""
-    futures = extract_shard.map(pending, out_url=unmapped(out_url), checkpoint_url=unmapped(checkpoint_url),
-                                model_version=unmapped(model_version), iterations=unmapped(iterations),
-                                batch_size=unmapped(batch_size), device=unmapped(device),
-                                model_cache_dir=unmapped(model_cache_dir))
-    wait(futures)
-    done, failed = [], []
-    for spec, future in zip(pending, futures):
-        state = future.state
-        if state.is_completed():
-            done.append(future.result())
-        else:
-            failed.append(spec.shard_id)
-            get_run_logger().error("shard %s (%s records %d-%d) failed: %s", spec.shard_id,
-                                   redact_url(spec.input_url), spec.start, spec.end, state.message)
-    return {"done": done, "failed": failed}
+def flow_api_url() -> str | None:
+    """This flow's API URL, also when Prefect runs a temporary server (the setting is then empty)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/")
+
+
+def _in_window(task, items: list, max_in_flight: int, on_done, **kwargs) -> tuple[list, list]:
+    """Submit `task` for each item with at most `max_in_flight` runs pending; returns (results, failed items)."""
+    results, failed, running = [], [], {}
+    items = list(items)
+    while items or running:
+        while items and len(running) < max_in_flight:
+            item = items.pop(0)
+            running[task.submit(item, **kwargs)] = item
+        for future in as_completed(list(running)):
+            item = running.pop(future)
+            state = future.state
+            if state.is_completed():
+                results.append(future.result())
+            else:
+                failed.append(item)
+                get_run_logger().error("%s failed: %s", getattr(item, "part_id", item), state.message)
+            on_done(len(results) + len(failed))
+            break
+    return results, failed
+
+
+@flow(name="docre-extract-on-cluster")
+def extract_on_cluster(urls: list[str], out_url: str, work_url: str, checkpoint_url: str, version: str,
+                       code_version: str, cfg: PrepareConfig, iterations: int | None, batch_size: int, device: str,
+                       model_cache_dir: str | None, threads: int, max_in_flight: int) -> dict:
+    """Prepare every input, then extract every pending part, on this flow's Dask task runner."""
+    logger = get_run_logger()
+    common = dict(device=device, model_cache_dir=model_cache_dir, threads=threads)
+    manifests, failed_inputs = _in_window(
+        prepare_input, urls, max_in_flight, lambda n: None, work_url=work_url, checkpoint_url=checkpoint_url,
+        version=version, cfg=cfg, **common)
+    by_url = {m["input_url"]: m for m in manifests}
+    manifests = [by_url[u] for u in urls if u in by_url]  # plan order = input order = rank
+    t0 = time.time()
+    parts = plan_parts(manifests)
+    write_plan(out_url, manifests)
+    pending, done = pending_parts(parts, out_url, version)
+    logger.info("planned %d parts in %.3f s: %d already committed, %d to run", len(parts), time.time() - t0,
+                len(done), len(pending))
+    progress = create_progress_artifact(100.0 * len(done) / max(len(parts), 1), key="docre-extract-progress",
+                                        description=f"parts committed of {len(parts)}")
+
+    def on_done(n: int) -> None:
+        update_progress_artifact(progress, 100.0 * (len(done) + n) / max(len(parts), 1))
+
+    results, failed = _in_window(extract_part, pending, max_in_flight, on_done, out_url=out_url,
+                                 checkpoint_url=checkpoint_url, model_version=version, code_version=code_version,
+                                 iterations=iterations, batch_size=batch_size, **common)
+    return {"manifests": manifests, "parts": parts, "run": len(results), "skipped": len(done),
+            "failed_parts": [p.part_id for p in failed], "failed_inputs": failed_inputs}
 
 
 @flow(name="docre-extract", log_prints=True)
-def docre_extract(inputs: str, out_url: str, model_url: str, docs_per_shard: int = 100,
-                  scheduler_address: str | None = None, n_workers: int = 2, format: str | None = None,
-                  iterations: int | None = None, batch_size: int = 8, device: str = "auto",
-                  model_cache_dir: str | None = None) -> dict:
-    """Extract triples from `inputs` (file/dir/glob URLs, comma-separated) into `out_url`.
+def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10_000, work_url: str | None = None,
+                  scheduler_address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
+                  format: InputFormat | None = None, passages: Literal["title_abstract", "all"] = "title_abstract",
+                  concepts: str | None = None, iterations: int | None = None, batch_size: int = 8,
+                  device: Device = "auto", model_cache_dir: str | None = None, max_in_flight: int = 200) -> dict:
+    """Extract triples from `inputs` into `out_url`, with a knowledge graph of the whole run.
 
-    model_url: a model store (its `latest` is followed once, at the start) or a
-    checkpoint directory. `{model_version}` in out_url is replaced by the
-    resolved version, so each model gets its own output and a rerun with the
-    same model resumes. Returns the summary with exact counts; fails when a
-    shard could not be committed (rerun to finish it).
+    Args:
+        inputs: input URLs: files, directories or globs, comma-separated (PubTator3 `BioCXML.N.tar.gz`, PubMed
+            `pubmedNNnXXXX.xml.gz`, BioC JSON, PubTator, DocRED JSON/JSONL; gzip and s3:// fine). Later inputs
+            supersede earlier ones for the same document id (PubMed update files sort after the baseline).
+        out_url: where triples, quarantine, manifest.json and aggregate/graph.parquet go; `{model_version}` is
+            replaced by the model's version, so each model gets its own output and a rerun resumes.
+        model_url: a model store (its `latest` is followed once, at the start) or a checkpoint directory.
+        part_docs: documents per prepared part = per extraction task run (36M abstracts / 10,000 = 3,600 runs).
+        work_url: where prepared parts go (default `<out_url>/_prepared`); share it between runs and models
+            with the same tokenizer to prepare each input only once.
+        scheduler_address: an existing Dask scheduler (tcp://host:8786); by default a LocalCluster is started.
+        n_workers: worker processes of the LocalCluster.
+        threads_per_worker: torch threads per worker process (keep workers x threads <= cores).
+        format: input format, when names and content cannot tell.
+        passages: BioC documents: title + abstract (what models are trained on) or all passages.
+        concepts: PubMed XML: a bioconcepts2pubtator3 file (indexed once) or index, for entities.
+        iterations: inference iterations K (default: the model's).
+        batch_size: documents per forward pass.
+        device: auto (GPU when the worker has one), cpu or cuda.
+        model_cache_dir: local directory for downloaded checkpoints on the workers.
+        max_in_flight: most task runs pending at once, so the Prefect server never holds thousands.
     """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    t_start = time.time()
     checkpoint_url, version = resolve_model(model_url)
     out_url = out_url.replace("{model_version}", version)  # e.g. s3://bucket/triples/{model_version}
-    specs = plan_shards(inputs, docs_per_shard, format, out_url)
-    pending = pending_shards(specs, out_url, version)
-    failed: list[str] = []
-    if pending:
-        runner = dask_task_runner(scheduler_address, n_workers)
-        out = extract_shards.with_options(task_runner=runner)(
-            pending, out_url, checkpoint_url, version, iterations, batch_size, device, model_cache_dir)
-        failed = out["failed"]
-    summary = summarize(specs, out_url, version, extra={"shards_run": len(pending) - len(failed),
-                                                        "shards_skipped": len(specs) - len(pending),
-                                                        "shards_failed": failed})
-    print(json.dumps({k: v for k, v in summary.items() if k != "shards_missing"}
-                     | {"shards_missing": len(summary["shards_missing"])}, indent=1))
-    if not summary["complete"]:
-        raise RuntimeError(f"extraction incomplete: {len(summary['shards_missing'])} shard(s) not committed, "
+    work_url = work_url or join(out_url, "_prepared")
+    urls = list_inputs(inputs, format)
+    cfg = PrepareConfig(part_docs=part_docs, format=format, passages=passages, concepts=concepts)
+    code = store.code_version()
+    code_version = f"docre {code.get('package')}" + (f" git {code['git_commit'][:12]}" if code.get("git_commit") else "") \
+        + ("-dirty" if code.get("git_dirty") else "")
+    api_url = flow_api_url()
+    runner = cluster_runner(scheduler_address, n_workers, threads_per_worker, api_url)
+    with temporary_settings({PREFECT_API_URL: api_url}):  # travels with every task to the workers
+        run = extract_on_cluster.with_options(task_runner=runner)(
+            urls, out_url, work_url, checkpoint_url, version, code_version, cfg, iterations, batch_size, device,
+            model_cache_dir, threads_per_worker, max_in_flight)
+    parts: list[Part] = run["parts"]
+    summary = summarize(parts, out_url, version, extra={
+        "parts_run": run["run"], "parts_skipped": run["skipped"], "parts_failed": run["failed_parts"],
+        "inputs_failed": run["failed_inputs"], "code_version": code_version})
+    graph = {}
+    if summary["complete"] and not run["failed_inputs"]:
+        deletions = {rank: m["deleted"] for rank, m in enumerate(run["manifests"]) if m["deleted"]}
+        graph = aggregate(out_url, parts, deletions)
+    wall = time.time() - t_start
+    publish_report(summary, graph, urls, wall)
+    print(f"{redact_url(out_url)}: {summary['docs_in']:,} documents in = {summary['docs_out']:,} out + "
+          f"{summary['quarantined']:,} quarantined; {summary['triples']:,} triples; "
+          f"{graph.get('facts', 0):,} graph facts; {wall:.1f} s")
+    if run["failed_inputs"] or not summary["complete"]:
+        raise RuntimeError(f"extraction incomplete: {len(run['failed_inputs'])} input(s) not prepared, "
+                           f"{len(summary['parts_missing'])} part(s) not committed, "
                            f"{len(summary['mismatched_files'])} file(s) with wrong counts; rerun to finish")
-    return summary
+    return summary | {"graph": graph}
 
 
 if __name__ == "__main__":  # python -m flows.extract INPUTS OUT_URL MODEL_URL

@@ -1,8 +1,10 @@
-"""docre.extract without any orchestrator: shards, commits, quarantine, reruns, the model store."""
+"""docre.extract without any orchestrator: prepare once, parts, commits, provenance, aggregate, the model store."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import pytest
 from docre import extract as ex
 from docre import store as model_store
 from docre.data.docred import write_docred
-from docre.data.document import cdr_inventory
+from docre.data.document import RelationInventory, cdr_inventory
 from docre.data.io import read_documents
+from docre.model.docre_ii import DocREModel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CDR = str(FIXTURES / "cdr_sample.data")
@@ -20,6 +23,8 @@ CDR = str(FIXTURES / "cdr_sample.data")
 BAD_LINE = json.dumps({"title": "bad-mention", "sents": [["Zentrovir", "caused", "pain", "."]],
                        "vertexSet": [[{"name": "Zentrovir", "pos": [0, 1], "sent_id": 0, "type": "Chemical"}],
                                      [{"name": "pain", "pos": [7, 9], "sent_id": 0, "type": "Disease"}]]})
+CHEM_DIS = RelationInventory(["CID"], {"CID": "chemical induces disease"}, [("Chemical", "Disease")],
+                             entity_types=["Chemical", "Disease"])
 
 
 def cdr_docs():
@@ -38,94 +43,317 @@ def write_jsonl(path: Path, bad_at: int = 1) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- a small PubTator3 + PubMed corpus
+
+PAIRS = [("haloperidol", "MESH:D006220", "dyskinesia", "MESH:D004409"),
+         ("cisplatin", "MESH:D002945", "nephrotoxicity", "MESH:D007674"),
+         ("lithium", "MESH:D008094", "tremor", "MESH:D014202")]
+
+
+def bioc_doc(pmid: int, pair: int, extra: str = "") -> str:
+    chem, chem_id, dis, dis_id = PAIRS[pair]
+    title = f"{chem.capitalize()} and {dis}."
+    abstract = f"Patients given {chem} developed {dis}. The {dis} resolved.{extra}"
+    o = len(title) + 1
+
+    def ann(i, text, typ, kb, passage, off):
+        start = off + passage.index(text)
+        return (f'<annotation id="{i}"><infon key="type">{typ}</infon><infon key="identifier">{kb}</infon>'
+                f'<location offset="{start}" length="{len(text)}"/><text>{text}</text></annotation>')
+    return (f"<document><id>{pmid}</id>"
+            f'<passage><infon key="type">title</infon><offset>0</offset><text>{title}</text>'
+            f"{ann(1, chem.capitalize(), 'Chemical', chem_id, title, 0)}{ann(2, dis, 'Disease', dis_id, title, 0)}"
+            f"</passage>"
+            f'<passage><infon key="type">abstract</infon><offset>{o}</offset><text>{abstract}</text>'
+            f"{ann(3, chem, 'Chemical', chem_id, abstract, o)}{ann(4, 'Patients', 'Species', '9606', abstract, o)}"
+            f"</passage></document>\n")
+
+
+def bioc_collection(docs: list[str]) -> bytes:
+    return ("<?xml version='1.0' encoding='UTF-8'?><collection><source>PubTator</source>"
+            + "".join(docs) + "</collection>\n").encode()
+
+
+def write_corpus(root: Path) -> dict[str, str]:
+    """A BioCXML.0.tar.gz of 3 members (10 documents + 1 bad one), a PubMed baseline and an update file."""
+    root.mkdir(parents=True, exist_ok=True)
+    members = {
+        "output/BioCXML/0.BioC.XML": bioc_collection([bioc_doc(1000 + i, i % 3) for i in range(4)]),
+        "output/BioCXML/1.BioC.XML": bioc_collection([bioc_doc(1004, 0), "<document><id>1005</id></document>\n",
+                                                      bioc_doc(1006, 1), bioc_doc(1007, 2)]),
+        "output/BioCXML/2.BioC.XML": bioc_collection([bioc_doc(1008 + i, 0) for i in range(3)]),
+    }
+    archive = root / "BioCXML.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    def article(pmid, title, abstract):
+        return (f'<PubmedArticle><MedlineCitation><PMID Version="1">{pmid}</PMID><Article><ArticleTitle>{title}'
+                f"</ArticleTitle><Abstract><AbstractText>{abstract}</AbstractText></Abstract></Article>"
+                f"</MedlineCitation></PubmedArticle>\n")
+    baseline = root / "pubmed26n0001.xml.gz"
+    baseline.write_bytes(gzip.compress((
+        "<PubmedArticleSet>\n"
+        + article(2001, "Haloperidol and dyskinesia.", "Haloperidol caused dyskinesia.")
+        + article(2002, "Cisplatin and nephrotoxicity.", "Cisplatin caused nephrotoxicity.")
+        + article(2003, "Lithium and tremor.", "Lithium caused tremor.")
+        + "</PubmedArticleSet>\n").encode()))
+    update = root / "pubmed26n1400.xml.gz"
+    update.write_bytes(gzip.compress((
+        "<PubmedArticleSet>\n"
+        + article(2002, "Cisplatin and tremor, revised.", "Cisplatin caused tremor.")
+        + '<DeleteCitation><PMID Version="1">2003</PMID></DeleteCitation>\n</PubmedArticleSet>\n').encode()))
+    concepts = root / "bioconcepts2pubtator3.gz"
+    lines = []
+    for pmid, (chem, cid, dis, did) in ((2001, PAIRS[0]), (2002, PAIRS[1]), (2003, PAIRS[2])):
+        lines += [f"{pmid}\tChemical\t{cid}\t{chem.capitalize()}|{chem}\tMeSH", f"{pmid}\tDisease\t{did}\t{dis}\tMeSH"]
+    lines.append(f"2002\tDisease\t{PAIRS[2][3]}\ttremor\tMeSH")
+    concepts.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    return {"archive": str(archive), "baseline": str(baseline), "update": str(update), "concepts": str(concepts)}
+
+
+class ChemDisModel:
+    """A stand-in with the model's interface: every Chemical -> Disease candidate is CID, score 0.9 (0.8 at K=1).
+
+    Deterministic, so aggregate counts can be asserted exactly; `triples` is DocREModel's own.
+    """
+    triples = DocREModel.triples
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.inventory = tokenizer, CHEM_DIS
+        self.config = type("Cfg", (), {"encoder": "stub"})()
+        self.calls = 0
+
+    def predict_examples(self, examples, iterations=None, batch_size=8, **kw):
+        self.calls += 1
+        out = {}
+        for ex_ in examples:
+            pairs = [(h, t) for h, th in enumerate(ex_.entity_types) for t, tt in enumerate(ex_.entity_types)
+                     if (th, tt) == ("Chemical", "Disease")]
+            out[ex_.doc_id] = [[], [(h, t, 1, 0.9) for h, t in pairs]]  # first predicted at K=1
+        return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, str]:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def stub(tiny_encoder):
+    from docre.pretrained import load_tokenizer
+    return ChemDisModel(load_tokenizer(tiny_encoder))
+
+
 @pytest.fixture(scope="module")
 def model(tiny_encoder):
     import torch
-    from docre.model.docre_ii import DocREModel, ModelConfig
+    from docre.model.docre_ii import ModelConfig
     torch.manual_seed(0)
     return DocREModel.create(ModelConfig(encoder=tiny_encoder), cdr_inventory(), pretrained=True).eval()
 
 
-def test_list_inputs_and_deterministic_plan(tmp_path):
-    (tmp_path / "in").mkdir()
-    jsonl = write_jsonl(tmp_path / "in" / "b.jsonl.gz")
-    (tmp_path / "in" / "a.data").write_text(Path(CDR).read_text())
-    (tmp_path / "in" / "_SUCCESS").write_text("")
-    (tmp_path / "in" / "README.md").write_text("not an input")
-    urls = ex.list_inputs(str(tmp_path / "in"))
-    assert urls == [str(tmp_path / "in" / "a.data"), str(jsonl)]
-    assert ex.list_inputs(str(tmp_path / "in" / "*.jsonl.gz")) == [str(jsonl)]
+def prepare_all(urls, work, model, part_docs=4, **kw):
+    cfg = ex.PrepareConfig(part_docs=part_docs, **kw)
+    return [ex.prepare_input(u, work, model.tokenizer, model.inventory, cfg) for u in urls]
+
+
+# ---------------------------------------------------------------- inputs and prepare
+
+def test_list_inputs_keeps_archives_and_order(tmp_path, corpus):
+    d = Path(corpus["archive"]).parent
+    (d / "_SUCCESS").write_text("")
+    (d / "README.md").write_text("not an input")
+    urls = ex.list_inputs(str(d))
+    assert [Path(u).name for u in urls] == ["BioCXML.0.tar.gz", "pubmed26n0001.xml.gz", "pubmed26n1400.xml.gz"]
+    # explicit files keep the order given: later ones supersede earlier ones
+    assert ex.list_inputs(f"{corpus['update']},{corpus['baseline']}") == [corpus["update"], corpus["baseline"]]
     with pytest.raises(FileNotFoundError):
         ex.list_inputs(str(tmp_path / "nothing-*.jsonl"))
-    plan = ex.plan_shards(urls, 2)
-    assert [(s.start, s.end) for s in plan] == [(0, 2), (2, 3), (0, 2), (2, 4)]  # 3 docs; 3 docs + 1 bad
-    assert plan == ex.plan_shards(urls, 2)  # same ids on a rerun
-    assert len({s.shard_id for s in plan}) == 4
 
 
-def test_extract_commit_quarantine_and_rerun(tmp_path, model):
-    src = write_jsonl(tmp_path / "docs.jsonl")
+def test_prepare_streams_each_input_once_into_fixed_parts(tmp_path, corpus, stub, monkeypatch):
+    log = tmp_path / "reads.log"
+    monkeypatch.setenv("DOCRE_READ_LOG", str(log))
+    work = str(tmp_path / "work")
+    [m] = prepare_all([corpus["archive"]], work, stub)
+    # 11 records: 10 documents and 1 without passages; 4 documents per part
+    assert (m["records"], m["docs"], m["quarantined"]) == (11, 10, 1)
+    assert [(p["first_record"], p["end_record"], p["docs"], p["quarantined"]) for p in m["parts"]] == [
+        (0, 4, 4, 0), (4, 9, 4, 1), (9, 11, 2, 0)]
+    assert m["left_out"] == {"entities of type 'Species' left out": 10}
+    assert len(log.read_text().splitlines()) == 1
+    again = prepare_all([corpus["archive"]], work, stub)[0]
+    assert again["reused"] and again["parts"] == m["parts"]
+    assert len(log.read_text().splitlines()) == 1  # not read again
+    # another part size is another preparation
+    assert [p["docs"] for p in prepare_all([corpus["archive"]], work, stub, part_docs=10)[0]["parts"]] == [10]
+
+
+def test_prepare_resumes_after_an_interruption(tmp_path, corpus, stub):
+    work = str(tmp_path / "work")
+    cfg = ex.PrepareConfig(part_docs=4)
+
+    def crash_after_first(part):
+        raise KeyboardInterrupt("killed")
+    with pytest.raises(KeyboardInterrupt):
+        ex.prepare_input(corpus["archive"], work, stub.tokenizer, stub.inventory, cfg, on_part=crash_after_first)
+    written = []
+    resumed = ex.prepare_input(corpus["archive"], work, stub.tokenizer, stub.inventory, cfg, on_part=written.append)
+    assert resumed["resumed_at_record"] == 4 and [p["file"] for p in written] == ["part-00001.parquet",
+                                                                                 "part-00002.parquet"]
+    clean = prepare_all([corpus["archive"]], str(tmp_path / "clean"), stub)[0]
+    assert [{k: v for k, v in p.items()} for p in resumed["parts"]] == clean["parts"]
+    rows = [ex.run.read_part(p)[1] for p in ex.plan_parts([resumed])]
+    assert [[d.id for d in docs] for docs in rows] == [["1000", "1001", "1002", "1003"], ["1004", "1006", "1007", "1008"],
+                                                       ["1009", "1010"]]
+
+
+def test_planning_reads_manifests_not_documents(tmp_path, corpus, stub):
+    manifests = prepare_all([corpus["archive"], corpus["baseline"]], str(tmp_path / "w"), stub,
+                            concepts=corpus["concepts"])
+    parts = ex.plan_parts(manifests)
+    assert [(p.input_rank, p.docs, p.quarantined) for p in parts] == [(0, 4, 0), (0, 4, 1), (0, 2, 0), (1, 3, 0)]
+    assert len({p.part_id for p in parts}) == 4
+    # a thousand-part plan is list arithmetic: no storage access at all
+    big = {"input_url": "s3://b/x", "prepared_url": "s3://nowhere/k",
+           "parts": [{"part_id": f"k-{i:05d}", "file": f"part-{i:05d}.parquet", "first_record": i, "end_record": i + 1,
+                      "docs": 1, "quarantined": 0} for i in range(1000)], "deleted": []}
+    assert len(ex.plan_parts([big] * 2)) == 2000
+
+
+# ---------------------------------------------------------------- extract
+
+def test_extract_part_matches_predict_commits_and_reruns(tmp_path, corpus, model):
+    work, out = str(tmp_path / "work"), str(tmp_path / "out")
+    cdr_model = model
+    [m] = prepare_all([corpus["archive"]], work, cdr_model, part_docs=100)
+    [part] = ex.plan_parts([m])
+    r = ex.extract_part(cdr_model, part, out, "v1", code_version="test")
+    assert (r.docs_in, r.docs_out, r.quarantined, r.skipped) == (11, 10, 1, False)
+    docs = [d for d in read_documents(corpus["archive"], quarantine=[])]
+    want = sorted((t.doc_id, t.head, t.tail, t.relation, t.iteration) for t in cdr_model.predict(docs))
+    got = ex.read_triples(out).to_pylist()
+    assert sorted((t["doc_id"], t["head_entity"], t["tail_entity"], t["relation"], t["iteration"]) for t in got) == want
+    [q] = ex.read_quarantine(out).to_pylist()
+    assert (q["stage"], q["where"], q["reason"]) == ("read", "line 2, document '1005'", "document has no passages")
+    assert q["source"].endswith("BioCXML.0.tar.gz!output/BioCXML/1.BioC.XML")
+    again = ex.extract_part(cdr_model, part, out, "v1")
+    assert again.skipped and ex.read_triples(out).num_rows == len(got)
+    # a lost commit marker (a crash after writing data): redone in place, same rows, no duplicates
+    Path(out, "_committed", f"part-{part.part_id}.json").unlink()
+    ex.extract_part(cdr_model, part, out, "v1")
+    assert ex.read_triples(out).num_rows == len(got)
+    with pytest.raises(ValueError, match="other model version|model version"):
+        ex.pending_parts([part], out, "v2")
+
+
+def test_failure_before_commit_is_redone_without_duplicates(tmp_path, corpus, stub):
+    [m] = prepare_all([corpus["archive"]], str(tmp_path / "w"), stub, part_docs=100)
+    [part] = ex.plan_parts([m])
     out = str(tmp_path / "out")
-    specs = ex.plan_shards([str(src)], 3)
-    results = [ex.extract_shard(model, s, out, "v1") for s in specs]
-    assert sum(r.docs_in for r in results) == 4
-    assert all(r.balanced for r in results)
-    q = ex.read_quarantine(out).to_pylist()
-    assert len(q) == 1 and q[0]["stage"] == "read" and "outside sentence 0" in q[0]["reason"]
-    assert q[0]["where"].startswith("line 2")
-    triples = ex.read_triples(out)
-    expected = model.predict([d for d in read_documents(str(src), quarantine=[])])
-    assert sorted(triples.column("doc_id").to_pylist()) == sorted(t.doc_id for t in expected)
-    # rerun: every shard is skipped, nothing is written twice
-    pending, done = ex.pending_shards(specs, out, "v1")
-    assert pending == [] and set(done) == {s.shard_id for s in specs}
-    again = ex.extract_shard(model, specs[0], out, "v1")
-    assert again.skipped and ex.read_triples(out).num_rows == triples.num_rows
-    summary = ex.summarize(specs, out, "v1")
-    assert summary["complete"] and summary["docs_in"] == 4 and summary["quarantined"] == 1
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["triples"] == triples.num_rows
-    # a different shard size over the same output would duplicate: refused
-    with pytest.raises(ValueError, match="overlaps"):
-        ex.pending_shards(ex.plan_shards([str(src)], 2), out, "v1")
-    with pytest.raises(ValueError, match="model version"):
-        ex.pending_shards(specs, out, "v2")
 
-
-def test_failure_before_commit_is_redone_without_duplicates(tmp_path, model):
-    out = str(tmp_path / "out")
-    [spec] = ex.plan_shards([CDR], 10)
-
-    def crash(_):
+    def crash(p):
         raise RuntimeError("worker died")
     with pytest.raises(RuntimeError):
-        ex.extract_shard(model, spec, out, "v1", before_commit=crash)
+        ex.extract_part(stub, part, out, "v1", before_commit=crash)
     assert ex.read_committed(out) == {} and ex.read_triples(out).num_rows == 0  # data files are not trusted
-    r = ex.extract_shard(model, spec, out, "v1")
-    assert ex.read_triples(out).num_rows == r.triples == len(model.predict(cdr_docs()))
+    r = ex.extract_part(stub, part, out, "v1")
+    assert ex.read_triples(out).num_rows == r.triples == 10  # one Chemical -> Disease pair per document
 
 
-def test_document_crashing_the_model_is_quarantined(tmp_path, model):
-    class Flaky:
-        inventory = model.inventory
+def test_document_crashing_the_model_is_quarantined(tmp_path, corpus, stub):
+    [m] = prepare_all([corpus["archive"]], str(tmp_path / "w"), stub, part_docs=100)
+    [part] = ex.plan_parts([m])
 
-        def predict(self, docs, iterations=None, batch_size=8):
-            if any(d.id == "9000002" for d in docs):
+    class Flaky(ChemDisModel):
+        def predict_examples(self, examples, iterations=None, batch_size=8, **kw):
+            if any(e.doc_id == "1002" for e in examples):
                 raise RuntimeError("CUDA error: boom")
-            return model.predict(docs, iterations, batch_size=batch_size)
+            return super().predict_examples(examples, iterations, batch_size)
 
-    [spec] = ex.plan_shards([CDR], 10)
-    r = ex.extract_shard(Flaky(), spec, str(tmp_path), "v1")
-    assert (r.docs_in, r.docs_out, r.quarantined) == (3, 2, 1)
-    [q] = ex.read_quarantine(str(tmp_path)).to_pylist()
-    assert q["stage"] == "predict" and "CUDA error: boom" in q["reason"] and "9000002" in q["where"]
+    r = ex.extract_part(Flaky(stub.tokenizer), part, str(tmp_path / "a"), "v1")
+    assert (r.docs_in, r.docs_out, r.quarantined) == (11, 9, 2)
+    q = {row["stage"]: row for row in ex.read_quarantine(str(tmp_path / "a")).to_pylist()}
+    assert "CUDA error: boom" in q["predict"]["reason"] and q["predict"]["where"] == "document '1002'"
 
-    class Broken(Flaky):
-        def predict(self, docs, iterations=None, batch_size=8):
+    class Broken(ChemDisModel):
+        def predict_examples(self, *a, **k):
             raise MemoryError("out of memory")
-    [spec2] = ex.plan_shards([CDR], 10)
-    with pytest.raises(MemoryError):  # every document fails: the shard is retried, not quarantined
-        ex.extract_shard(Broken(), replace(spec2, shard_id="other"), str(tmp_path / "b"), "v1")
+    with pytest.raises(MemoryError):  # every document fails: the part is retried, not quarantined
+        ex.extract_part(Broken(stub.tokenizer), part, str(tmp_path / "b"), "v1")
 
+
+def test_triples_carry_provenance_and_evidence(tmp_path, corpus, stub):
+    [m] = prepare_all([corpus["archive"]], str(tmp_path / "w"), stub, part_docs=100)
+    [part] = ex.plan_parts([m])
+    out = str(tmp_path / "out")
+    ex.extract_part(stub, part, out, "v7", code_version="docre 0.1.0 git abc")
+    rows = {r["doc_id"]: r for r in ex.read_triples(out).to_pylist()}
+    r = rows["1000"]  # "Haloperidol and dyskinesia." / "Patients given haloperidol developed dyskinesia. ..."
+    assert (r["head_id"], r["tail_id"], r["head_type"], r["tail_type"]) == ("MESH:D006220", "MESH:D004409",
+                                                                             "Chemical", "Disease")
+    assert (r["head_name"], r["tail_name"]) == ("Haloperidol", "dyskinesia")  # most frequent mention (ties: first)
+    assert (r["evidence_sentence"], r["evidence_text"]) == (0, "Haloperidol and dyskinesia.")
+    assert (r["relation"], r["score"], r["iteration"]) == ("CID", pytest.approx(0.9), 1)
+    assert (r["source"], r["part_id"], r["model_version"], r["code_version"]) == (
+        corpus["archive"], part.part_id, "v7", "docre 0.1.0 git abc")
+
+
+def test_evidence_falls_back_to_the_closest_sentences():
+    from docre.data.document import Document, Entity, Mention
+    doc = Document("d", [["A", "x", "."], ["y", "."], ["B", "."]],
+                   [Entity([Mention(0, 0, 1, "A")], "Chemical", "D1"), Entity([Mention(2, 0, 1, "B")], "Disease", "D2")],
+                   [])
+    assert ex.run.evidence(doc, 0, 1) == (0, "A x . y . B .")
+
+
+# ---------------------------------------------------------------- aggregate
+
+def test_aggregate_applies_updates_and_deletions(tmp_path, corpus, stub):
+    urls = [corpus["archive"], corpus["baseline"], corpus["update"]]
+    manifests = prepare_all(urls, str(tmp_path / "w"), stub, concepts=corpus["concepts"])
+    assert [m["deleted"] for m in manifests] == [[], [], ["2003"]]
+    parts = ex.plan_parts(manifests)
+    out = str(tmp_path / "out")
+    for p in parts:
+        ex.extract_part(stub, p, out, "v1")
+    s = ex.aggregate(out, parts, {2: ["2003"]})
+    graph = {(r["head_id"], r["relation"], r["tail_id"]): r for r in ex.read_graph(out).to_dicts()}
+    # archive: pair 0 in 1000, 1003, 1004, 1008, 1009, 1010; pair 1 in 1001, 1006; pair 2 in 1002, 1007
+    archive_counts = {0: 6, 1: 2, 2: 2}
+    hal, cis, lit = (("MESH:D006220", "CID", "MESH:D004409"), ("MESH:D002945", "CID", "MESH:D007674"),
+                     ("MESH:D008094", "CID", "MESH:D014202"))
+    assert graph[hal]["documents"] == archive_counts[0] + 1  # + PubMed 2001
+    assert graph[cis]["documents"] == archive_counts[1]  # PubMed 2002 was revised: no longer about nephrotoxicity
+    assert graph[lit]["documents"] == archive_counts[2]  # PubMed 2003 was deleted
+    assert graph[("MESH:D002945", "CID", "MESH:D014202")]["documents"] == 1  # the revised 2002
+    assert len(graph) == 4
+    assert (s["triples_in"], s["triples_kept"], s["documents_deleted"]) == (10 + 3 + 1, 10 + 1 + 1, 1)
+    ex_hal = graph[hal]["examples"]
+    assert len(ex_hal) == 5 and all(e["evidence"] for e in ex_hal)
+    assert graph[hal]["head_name"] in ("Haloperidol", "haloperidol") and graph[hal]["mean_score"] == pytest.approx(0.9)
+
+
+def test_cli_aggregate_rebuilds_the_graph(tmp_path, corpus, stub, capsys):
+    from docre.cli import main
+    manifests = prepare_all([corpus["baseline"], corpus["update"]], str(tmp_path / "w"), stub,
+                            concepts=corpus["concepts"])
+    parts = ex.plan_parts(manifests)
+    out = str(tmp_path / "out")
+    ex.write_plan(out, manifests)
+    for p in parts:
+        ex.extract_part(stub, p, out, "v1")
+    assert main(["aggregate", out]) == 0
+    text = capsys.readouterr().out
+    assert "2 facts from 2 documents; 2 of 4 triples kept (1 deleted citations)" in text
+    assert main(["aggregate", str(tmp_path / "nothing")]) == 2
+
+
+# ---------------------------------------------------------------- the model store
 
 def test_publish_resolve_and_cached_load(tmp_path, model):
     ckpt = tmp_path / "ckpt"
@@ -143,43 +371,18 @@ def test_publish_resolve_and_cached_load(tmp_path, model):
     assert model_store.model_cache_info()["loads"].count([url, "v1", "cpu"]) == 1
 
 
-def test_record_counts_are_cached_by_fingerprint(tmp_path, monkeypatch):
-    src = write_jsonl(tmp_path / "docs.jsonl")
-    cache = str(tmp_path / "out" / "_plan" / "counts.json")
-    assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 4}
-    monkeypatch.setattr(ex, "count_records", lambda *a, **k: pytest.fail("recounted an unchanged input"))
-    assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 4}
-    monkeypatch.undo()
-    src.write_text(src.read_text() + BAD_LINE.replace("bad-mention", "bad-2") + "\n")  # input changed
-    assert ex.count_inputs([str(src)], cache_url=cache) == {str(src): 5}
-
-
-def test_extraction_reads_a_pubtator3_archive_with_foreign_labels_and_types(model, tmp_path):
-    """PubTator3 BioC in a tar.gz: Association labels are not CDR's, Gene/Species are not CDR types; neither is
-    fatal. Every document comes out, none is quarantined, and triples only join Chemical -> Disease."""
-    import io
-    import tarfile
-    from dataclasses import replace as dc_replace
-
+def test_extraction_ignores_foreign_labels_and_types(tmp_path, model):
+    """PubTator3 labels (Association) and types (Gene, Species) are not CDR's: neither is fatal."""
     xml = (FIXTURES / "pubtator3" / "bioc_sample.xml").read_bytes()
-    archive = tmp_path / "in" / "BioCXML.0.tar.gz"
-    archive.parent.mkdir()
-    with tarfile.open(archive, "w:gz") as tar:
-        info = tarfile.TarInfo("output/BioCXML/1.BioC.XML")
-        info.size = len(xml)
-        tar.addfile(info, io.BytesIO(xml))
-    inv = dc_replace(cdr_inventory(), entity_types=["Chemical", "Disease"])
-    cdr_model = model
-    old_inventory, cdr_model.inventory = cdr_model.inventory, inv
-    try:
-        assert ex.list_inputs(str(tmp_path / "in")) == [str(archive)]
-        specs = ex.plan_shards([str(archive)], 2)
-        out = str(tmp_path / "out")
-        results = [ex.extract_shard(cdr_model, s, out, "v1") for s in specs]
-    finally:
-        cdr_model.inventory = old_inventory
-    assert sum(r.docs_in for r in results) == 3 and sum(r.docs_out for r in results) == 3
-    assert sum(r.quarantined for r in results) == 0
-    triples = ex.read_triples(out).to_pylist()
-    assert {(t["head_type"], t["tail_type"]) for t in triples} <= {("Chemical", "Disease")}
-    assert not {t["head_id"] for t in triples} & {"5562", "9606"}  # Gene / Species never reach the model
+    cdr_model = replace_inventory(model, replace(cdr_inventory(), entity_types=["Chemical", "Disease"]))
+    [m] = prepare_all([str(FIXTURES / "pubtator3" / "bioc_sample.xml")], str(tmp_path / "w"), cdr_model)
+    assert (m["docs"], m["quarantined"]) == (3, 0) and len(xml) > 0
+    assert m["left_out"]["entities of type 'Gene' left out"] == 1
+    assert m["left_out"]["gold labels with relation 'Association' ignored (not in the model's inventory)"] == 1
+
+
+def replace_inventory(model, inventory):
+    clone = DocREModel.__new__(DocREModel)
+    clone.__dict__ = dict(model.__dict__)
+    clone.inventory = inventory
+    return clone

@@ -189,3 +189,24 @@ def join_passages(texts: Sequence[str], sep: str = " ") -> tuple[str, list[tuple
         spans.append((len(text), len(text) + len(t)))
         text += t
     return text, spans, starts
+
+
+_NAMESPACE_BY_TYPE = {"Gene": "NCBIGene", "Species": "NCBITaxon"}
+
+
+def namespaced_id(kb_id: str | None, etype: str = "") -> str | None:
+    """A normalised id with its namespace spelled out, for output read outside this project.
+
+    ``D003920`` -> ``MESH:D003920``; a bare number of a Gene or Species ->
+    ``NCBIGene:5562`` / ``NCBITaxon:9606``; ids that carry a namespace, and ids of
+    other types, are returned as they are.
+    """
+    if kb_id is None:
+        return None
+    if ":" in kb_id:
+        return kb_id
+    if _MESH_SHAPED.match(kb_id):
+        return f"MESH:{kb_id}"
+    if kb_id.isdigit() and etype in _NAMESPACE_BY_TYPE:
+        return f"{_NAMESPACE_BY_TYPE[etype]}:{kb_id}"
+    return kb_id

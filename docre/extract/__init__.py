@@ -1,0 +1,33 @@
+"""Bulk extraction at PubMed scale: plan, prepare once, extract parts, aggregate. Orchestrator-free.
+
+    inputs --prepare (each raw file streamed once)--> tokenized parts --extract (one task per part)-->
+    triples with provenance --aggregate--> a knowledge graph (one row per head id, relation, tail id)
+
+* `plan` lists inputs and turns prepare manifests into `Part`s: O(parts), never O(documents).
+* `prepare` streams one input into Parquet parts of `part_docs` documents (resumable, idempotent).
+* `run` extracts and commits one part; `summarize` gives exact totals (documents in = out + quarantined).
+* `aggregate` applies PubMed revisions and deletions and builds the graph.
+
+The Prefect tasks in ``tasks/extract.py`` call these functions; so can a plain script or a test.
+Models are published and loaded by `docre.store`; storage helpers live in `docre.storage`.
+"""
+from __future__ import annotations
+
+from ..storage import VERSION_RE as _VERSION_RE  # noqa: F401 - the model store's names, until it imports storage
+from ..storage import exists as _exists  # noqa: F401
+from ..storage import fs_of as _fs  # noqa: F401
+from ..storage import is_local as _is_local  # noqa: F401
+from ..storage import join as _join  # noqa: F401
+from ..storage import read_text as _read_text  # noqa: F401
+from ..storage import redact_url, write_bytes_atomic  # noqa: F401
+from .aggregate import GRAPH_FILE, aggregate, read_graph
+from .plan import (Part, PrepareConfig, input_fingerprint, list_inputs, load_plan, plan_parts, read_input_manifest,
+                   write_plan)
+from .prepare import prepare_input, tokenization_id
+from .run import (QUARANTINE_SCHEMA, TRIPLE_SCHEMA, PartResult, extract_part, pending_parts, read_committed,
+                  read_quarantine, read_triples, summarize)
+
+__all__ = ["GRAPH_FILE", "Part", "PartResult", "PrepareConfig", "QUARANTINE_SCHEMA", "TRIPLE_SCHEMA", "aggregate",
+           "extract_part", "input_fingerprint", "list_inputs", "load_plan", "write_plan", "pending_parts", "plan_parts", "prepare_input",
+           "read_committed", "read_graph", "read_input_manifest", "read_quarantine", "read_triples", "redact_url",
+           "summarize", "tokenization_id", "write_bytes_atomic"]
