@@ -10,7 +10,7 @@ Generates (once, reused afterwards) inputs shaped like the real dumps:
 * PubTator3 text (title + abstract + mention lines), a PubTator3 API BioC JSON file, a PubMed baseline XML
   file (30,000 citations, gzip), and a ``bioconcepts2pubtator3``-style file for it.
 
-Each reader runs in its own process, so its peak RSS (ru_maxrss) is its own. Also measured: the
+Each reader runs in its own process, so its peak RSS (VmHWM) is its own. Also measured: the
 `bioc` package's XML reader on the same archive member (parse only), for the choice of parser, and the
 concept index (build once, then one lookup per batch of 2,000 PMIDs, as `read_pubmed` does).
 Prints a table and writes bench/results/readers.json.
@@ -146,7 +146,7 @@ def make_text_inputs(work: Path, n: int = 20_000) -> dict[str, int]:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from docre.data.io import read_documents, ReadOptions
 url, kind, concepts = sys.argv[1], sys.argv[2], sys.argv[3] or None
 t0 = time.perf_counter()
@@ -177,7 +177,9 @@ else:
         n += 1
     assert not q, q[:3]
 dt = time.perf_counter() - t0
-print(json.dumps({"docs": n, "seconds": round(dt, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+# VmHWM: the peak RSS of this process's own memory (ru_maxrss would include the parent's, inherited at fork)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"docs": n, "seconds": round(dt, 2), "peak_rss_mb": round(hwm / 1024, 1)}))
 """
 
 
