@@ -238,7 +238,7 @@ class DocREModel(nn.Module):
         head, plan = BaseHeadPlan(self.base), InferencePlan(self.inference)
         if self.int8:
             from torch.ao.quantization import quantize_dynamic
-            with warnings.catch_warnings():
+                with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 head = quantize_dynamic(head, {nn.Linear}, dtype=torch.qint8)
                 plan = quantize_dynamic(plan, {nn.Linear}, dtype=torch.qint8)
@@ -325,9 +325,11 @@ class DocREModel(nn.Module):
         pair_logits = logits[cand]
         hot = threshold_decode(pair_logits, self.config.max_labels)
         scores = torch.sigmoid(pair_logits - pair_logits[:, :1])
-        for p, r in hot[:, 1:].nonzero().tolist():
-            b, h, t = idx[p].tolist()
-            out[b].append((h, t, r + 1, scores[p, r + 1].item()))
+        p, r = hot[:, 1:].nonzero().unbind(1)
+        r = r + 1
+        # one conversion to Python for all decisions (not one .item() per triple)
+        for (b, h, t), rel, score in zip(idx[p].tolist(), r.tolist(), scores[p, r].tolist()):
+            out[b].append((h, t, rel, score))
         return out
 
     def predict(self, documents: Iterable[Document], iterations: int | None = None, batch_size: int = 8,
@@ -359,3 +361,4 @@ def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
