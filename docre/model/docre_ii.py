@@ -238,7 +238,7 @@ class DocREModel(nn.Module):
         head, plan = BaseHeadPlan(self.base), InferencePlan(self.inference)
         if self.int8:
             from torch.ao.quantization import quantize_dynamic
-                with warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 head = quantize_dynamic(head, {nn.Linear}, dtype=torch.qint8)
                 plan = quantize_dynamic(plan, {nn.Linear}, dtype=torch.qint8)
