@@ -3,15 +3,21 @@
 Layout::
 
     <store_url>/<version>/...        a `DocREModel.save_pretrained` directory + version.json
-    <store_url>/latest               text file holding the newest version; written LAST
+    <store_url>/latest               text file naming the production ("champion") version; written LAST
+    <store_url>/promotions.json      every move of `latest` (promote / rollback), oldest first
 
 Readers follow `latest` once and then use the versioned directory, so a
-publish in progress is never seen half-written.
+publish in progress is never seen half-written. A version can be stored
+without becoming `latest` (a rejected challenger, a candidate); each
+version.json carries the model's lineage (data fingerprints, config, code
+version, encoder, metrics per K, hardware, wall time, compared-with version,
+promotion decision).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -19,7 +25,13 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
-from .extract import _VERSION_RE, _exists, _fs, _is_local, _join, _read_text, write_bytes_atomic
+from .storage import VERSION_RE as _VERSION_RE
+from .storage import exists as _exists
+from .storage import fs_of as _fs
+from .storage import is_local as _is_local
+from .storage import join as _join
+from .storage import read_text as _read_text
+from .storage import redact_url, write_bytes_atomic
 
 def file_digests(local_dir: str | Path) -> dict[str, dict]:
     """relative path -> {sha256, size} for every file under `local_dir`."""
@@ -43,15 +55,18 @@ def make_version(local_dir: str | Path, when: float | None = None) -> str:
 
 
 def publish_model(local_dir: str | Path, store_url: str, version: str,
-                  extra_files: Mapping[str, str | Path] | None = None) -> str:
-    """Copy a checkpoint directory to ``store_url/<version>/`` and point ``store_url/latest`` at it.
+                  extra_files: Mapping[str, str | Path] | None = None, *, lineage: Mapping | None = None,
+                  make_latest: bool = True, reason: str = "published") -> str:
+    """Copy a checkpoint directory to ``store_url/<version>/`` and (by default) point ``store_url/latest`` at it.
 
     Order makes it safe to interrupt: the files, then ``<version>/version.json``
-    (file list with sha256), then ``latest`` (last). `extra_files` maps names
-    inside the version directory to local files (reports, metrics). Versions
-    are immutable: publishing an existing version with other content raises
-    FileExistsError; with the same content it only re-points ``latest``.
-    Returns the version's URL.
+    (file list with sha256, and `lineage`), then ``latest`` (last, through
+    `set_latest`, which records the move in promotions.json). With
+    make_latest=False the version is only stored (a candidate). `extra_files`
+    maps names inside the version directory to local files (reports,
+    metrics). Versions are immutable: publishing an existing version with
+    other content raises FileExistsError; with the same content it only
+    re-points ``latest``. Returns the version's URL.
     """
     if not _VERSION_RE.match(version):
         raise ValueError(f"bad version name {version!r}: letters, digits, '.', '_', '-' only")
@@ -81,8 +96,11 @@ def publish_model(local_dir: str | Path, store_url: str, version: str,
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             fs.put_file(str(path), target)
         meta = {"version": version, "files": digests, "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_bytes_atomic(meta_url, json.dumps(meta, indent=1).encode())
-    write_bytes_atomic(_join(store_url, "latest"), (version + "\n").encode())  # commit point
+        if lineage is not None:
+            meta["lineage"] = dict(lineage)
+        write_bytes_atomic(meta_url, json.dumps(meta, indent=1, default=str).encode())
+    if make_latest:
+        set_latest(store_url, version, "promote", reason)  # commit point
     return version_url
 
 
@@ -171,3 +189,298 @@ def load_model(checkpoint_url: str, version: str, device: str = "auto", cache_di
 def model_cache_info() -> dict:
     """What this process has loaded: for checking that workers load a model once, not per shard."""
     return {"pid": os.getpid(), "loads": [list(k) for k in _MODEL_LOADS], "cached": [list(k) for k in _MODELS]}
+
+
+# ------------------------------------------------------------------------------ promotion (champion / challenger)
+log = logging.getLogger("docre.store")
+
+HISTORY = "promotions.json"  # <store>/promotions.json: every move of `latest`, oldest first
+
+
+class StoreAccessError(RuntimeError):
+    """An object store cannot be reached as configured (e.g. S3 without credentials); the message is one line."""
+
+
+def check_store_access(url: str) -> None:
+    """Fail early, in one named line, when `url` is on S3 and no credentials are configured.
+
+    Without this, botocore raises NoCredentialsError deep inside the first read,
+    which Prefect then shows as a traceback once per retry. Anonymous access is
+    not assumed: the project's buckets are private. The check only asks
+    botocore's credential chain (environment, shared files, IAM role); it never
+    reads or logs the secret values.
+    """
+    if not str(url).startswith(("s3://", "s3a://")):
+        return
+    try:
+        import botocore.session
+        creds = botocore.session.get_session().get_credentials()
+    except Exception as e:  # a broken profile file, etc.
+        raise StoreAccessError(f"{redact_url(url)}: cannot read S3 credentials ({type(e).__name__}: {e})") from None
+    if creds is None:
+        raise StoreAccessError(
+            f"{redact_url(url)}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            f"(and AWS_ENDPOINT_URL for a non-AWS store), AWS_PROFILE, or run with an IAM role")
+
+
+def read_latest(store_url: str) -> str | None:
+    """The version `latest` names, or None for an empty store."""
+    url = _join(store_url, "latest")
+    return _read_text(url).strip() if _exists(url) else None
+
+
+def read_version_meta(store_url: str, version: str) -> dict:
+    """`<store>/<version>/version.json` (files, published time, lineage, decision)."""
+    return json.loads(_read_text(_join(store_url, version, "version.json")))
+
+
+def promotion_history(store_url: str) -> list[dict]:
+    """Every move of `latest` recorded in `<store>/promotions.json`, oldest first ([] when none)."""
+    url = _join(store_url, HISTORY)
+    return json.loads(_read_text(url)) if _exists(url) else []
+
+
+def _actor() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def set_latest(store_url: str, version: str, action: str = "promote", reason: str = "",
+               actor: str | None = None) -> dict:
+    """Point `<store>/latest` at `version` (which must be a complete checkpoint) and record the move.
+
+    Atomic for readers: `latest` is one object replaced in a single step
+    (write_bytes_atomic). The history entry is written first, so a crash
+    between the two leaves an entry for a move that did not happen, never a
+    move without an entry; rollback only trusts entries that match `latest`.
+    Single writer assumed (the training deployment has concurrency_limit 1).
+    """
+    if not _VERSION_RE.match(version):
+        raise ValueError(f"bad version name {version!r}")
+    if not _exists(_join(store_url, version, "config.json")) or not _exists(_join(store_url, version, "version.json")):
+        raise FileNotFoundError(f"{redact_url(_join(store_url, version))}: no complete model version there")
+    previous = read_latest(store_url)
+    if previous == version:
+        log.info("%s %s: %s is already latest", action, redact_url(store_url), version)
+        return {"action": action, "version": version, "previous": previous, "unchanged": True}
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "version": version,
+             "previous": previous, "reason": reason, "by": actor or _actor()}
+    history = promotion_history(store_url) + [entry]
+    write_bytes_atomic(_join(store_url, HISTORY), json.dumps(history, indent=1).encode())
+    write_bytes_atomic(_join(store_url, "latest"), (version + "\n").encode())  # commit point
+    log.info("%s %s: latest %s -> %s (%s)", action, redact_url(store_url), previous, version, reason or "-")
+    return entry
+
+
+def promote(store_url: str, version: str, reason: str = "manual promotion", actor: str | None = None) -> dict:
+    """Make `version` the store's `latest` (atomic, recorded in promotions.json, logged)."""
+    return set_latest(store_url, version, "promote", reason, actor)
+
+
+def _latest_stack(history: list[dict]) -> list[str]:
+    """Replay the history: promotions push a version, rollbacks pop back to the one before."""
+    stack: list[str] = []
+    for e in history:
+        if e.get("action") == "rollback":
+            while stack and stack[-1] != e["version"]:
+                stack.pop()
+            if not stack:
+                stack.append(e["version"])
+        else:
+            stack.append(e["version"])
+    return stack
+
+
+def rollback(store_url: str, reason: str = "rollback", actor: str | None = None) -> dict:
+    """Move `latest` back to the version that was latest before the current one.
+
+    Repeated rollbacks keep walking back through earlier promotions (the
+    history is replayed as a stack), not back and forth between two versions.
+    """
+    current = read_latest(store_url)
+    if current is None:
+        raise FileNotFoundError(f"{redact_url(store_url)}: no latest to roll back from")
+    stack = _latest_stack(promotion_history(store_url))
+    while stack and stack[-1] != current:  # entries for moves that never committed
+        stack.pop()
+    if len(stack) < 2:
+        raise LookupError(f"{redact_url(store_url)}: {current} has no earlier latest in {HISTORY} to roll back to")
+    target = stack[-2]
+    return set_latest(store_url, target, "rollback", f"{reason} (from {current})", actor)
+
+
+def list_versions(store_url: str) -> list[dict]:
+    """One row per stored version, oldest first: version, published, F1 at the compared K, status, latest flag.
+
+    status is "latest", "promoted" (was latest before), "rejected" (stored as
+    a candidate by the champion/challenger check) or "stored" (published
+    without a decision, e.g. by hand or before the check existed).
+    """
+    fs, root = _fs(store_url)
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return []
+    latest = read_latest(store_url)
+    ever_latest = {e["version"] for e in promotion_history(store_url)}
+    rows = []
+    for entry in fs.ls(root, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" or not _VERSION_RE.match(name):
+            continue
+        meta_url = _join(store_url, name, "version.json")
+        if not _exists(meta_url):
+            continue  # a publish in progress or an unrelated directory
+        meta = json.loads(_read_text(meta_url))
+        lineage = meta.get("lineage") or {}
+        decision = lineage.get("decision") or {}
+        compare_k = lineage.get("compare_k")
+        metrics = lineage.get("metrics") or {}
+        f1 = (metrics.get(f"K{compare_k}") or {}).get("f1") if compare_k is not None else None
+        if name == latest:
+            status = "latest"
+        elif name in ever_latest or decision.get("promote"):
+            status = "promoted"
+        elif decision and not decision.get("promote"):
+            status = "rejected"
+        else:
+            status = "stored"
+        rows.append({"version": name, "published": meta.get("published"), "latest": name == latest,
+                     "status": status, "compare_k": compare_k, "f1": f1,
+                     "compared_with": lineage.get("compared_with"), "reason": decision.get("reason")})
+    return sorted(rows, key=lambda r: (r["published"] or "", r["version"]))
+
+
+# ------------------------------------------------------------------------------ lineage helpers
+def code_version() -> dict:
+    """The code that trained a model: the git commit (and whether the tree had local changes), else the package version."""
+    import subprocess
+    from importlib import metadata
+    root = Path(__file__).resolve().parent.parent
+    out: dict = {}
+    try:
+        out["package"] = metadata.version("docre")
+    except metadata.PackageNotFoundError:
+        out["package"] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+            out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def hardware_info() -> dict:
+    """Where a model was trained: host, CPU count, torch build, GPU name when there is one."""
+    import platform
+    import torch
+    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def data_fingerprint(manifest: Mapping) -> dict:
+    """What identifies a tokenized dataset: the sha256 of its inputs and the tokenization cache key.
+
+    `cache_key` also covers tokenizer, vocabulary, relation inventory and
+    schema version, so a change of any of them counts as new training data.
+    """
+    return {"cache_key": manifest["cache_key"], "input_checksum": manifest["input_checksum"],
+            "documents": manifest.get("documents"), "inputs": [redact_url(u) for u in manifest.get("input_urls", [])]}
+
+
+# ------------------------------------------------------------------------------ resumable training state off the pod
+def _put_dir(local: Path, url: str) -> None:
+    fs, path = _fs(url)
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and not p.name.endswith(".tmp"):
+            target = f"{path}/{p.relative_to(local).as_posix()}"
+            if _is_local(fs):
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(p), target)
+
+
+def _get_dir(url: str, local: Path) -> None:
+    import shutil
+    fs, path = _fs(url)
+    fs.invalidate_cache(path)
+    tmp = local.parent / f".{local.name}.{uuid.uuid4().hex}.tmp"
+    for remote in fs.find(path):
+        dest = tmp / remote[len(path.rstrip("/")) + 1:]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(dest))
+    if local.exists():
+        shutil.rmtree(local)
+    tmp.rename(local)
+
+
+def push_stage_state(stage_dir: str | Path, url: str, epoch: int, best_changed: bool) -> None:
+    """Copy a training stage's resumable state (docre.train: last/, best/, history.json) to `url`.
+
+    Called after every epoch, so a run whose pod (and local disk) dies can
+    continue elsewhere. Each epoch goes to fresh names (state-<epoch>/, and
+    best-<epoch>/ when the best model changed) and `CURRENT.json`, written
+    last and atomically, names the complete pair; readers never see a state
+    from one epoch with the weights of another. Older snapshots are deleted
+    after the switch.
+    """
+    stage = Path(stage_dir)
+    fs, root = _fs(url)
+    current_url = _join(url, "CURRENT.json")
+    current = json.loads(_read_text(current_url)) if _exists(current_url) else {}
+    state_name = f"state-{epoch}"
+    _put_dir(stage / "last", _join(url, state_name))
+    if (stage / "history.json").exists():
+        fs.put_file(str(stage / "history.json"), f"{root}/{state_name}/history.json")
+    best_name = current.get("best")
+    if (best_changed or not best_name) and (stage / "best" / "config.json").exists():
+        best_name = f"best-{epoch}"
+        _put_dir(stage / "best", _join(url, best_name))
+    write_bytes_atomic(current_url, json.dumps({"epoch": epoch, "state": state_name, "best": best_name}).encode())
+    for name in {current.get("state"), current.get("best")} - {state_name, best_name, None}:
+        try:
+            fs.rm(f"{root}/{name}", recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def pull_stage_state(url: str, stage_dir: str | Path) -> int | None:
+    """Restore a stage's state saved by push_stage_state into `stage_dir` when it is ahead of the local one.
+
+    Returns the restored epoch (docre.train's 0-based `epoch` of the last
+    finished epoch), or None when nothing was restored (no remote state, or the
+    local disk already has the same or a later epoch, e.g. an in-process retry).
+    """
+    current_url = _join(url, "CURRENT.json")
+    if not _exists(current_url):
+        return None
+    current = json.loads(_read_text(current_url))
+    stage = Path(stage_dir)
+    local_state = stage / "last" / "state.json"
+    if local_state.exists() and json.loads(local_state.read_text())["epoch"] >= current["epoch"]:
+        return None
+    stage.mkdir(parents=True, exist_ok=True)
+    _get_dir(_join(url, current["state"]), stage / "last")
+    history = stage / "last" / "history.json"
+    if history.exists():
+        history.replace(stage / "history.json")
+    if current.get("best"):
+        _get_dir(_join(url, current["best"]), stage / "best")
+    return int(current["epoch"])
+
+
+def remove_work_state(url: str) -> None:
+    """Delete a finished run's resumable state (the model itself is in the store by then)."""
+    fs, path = _fs(url)
+    fs.invalidate_cache(path)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     max_tokens: int | None = 4096  # cap on batch_size x longest document per batch
     seed: int = 66
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # training autocast; auto: bf16 on CUDA, fp32 on CPU
     threads: int | None = None
     eval_iterations: list[int] = [0, 1, 2, 3]
     limit_train: int | None = None  # use only the first n training documents (smoke runs)
@@ -178,9 +179,22 @@ class StageResult:
     history: list[dict] = field(default_factory=list)
 
 
+def _train_autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        return _autocast(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, dev: tuple,
-                on_epoch: Callable[[dict], None] | None = None, stop_after_epochs: int | None = None) -> StageResult:
-    """Train one stage with resume; returns where the best checkpoint is and the per-epoch history."""
+                on_epoch: Callable[[dict], None] | None = None, stop_after_epochs: int | None = None,
+                on_step: Callable[[dict], None] | None = None, step_every: int = 0) -> StageResult:
+    """Train one stage with resume; returns where the best checkpoint is and the per-epoch history.
+
+    on_epoch gets each epoch's record (the caller then reports it; without a
+    callback the record is printed as a JSON line). on_step, when step_every
+    > 0, gets {stage, epoch, epochs, batch, batches, loss (mean so far this
+    epoch), docs_per_s} every step_every batches, so long epochs show progress.
+    """
     sc = cfg.stage1 if stage == 1 else cfg.stage2
     device = next(model.parameters()).device
     out = Path(cfg.out_dir) / f"stage{stage}"
@@ -217,7 +231,7 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
         optimizer.zero_grad(set_to_none=True)
         for i, chunk in enumerate(it):
             batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
-            with _autocast(device):
+            with _train_autocast(device, cfg.precision):
                 loss, parts = model.stage1_loss(batch) if stage == 1 else model.stage2_loss(batch, generator)
             # average over the micro-batches of this optimizer step (the last group may be shorter)
             group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
@@ -230,6 +244,10 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if on_step and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
+                on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
+                         "batches": len(batches), "loss": sum(losses) / len(losses),
+                         "docs_per_s": round(n_docs / max(time.time() - t0, 1e-9), 2)})
         train_seconds = time.time() - t0
         scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
         f1 = scores[f"K{select_k}"]["f1"]
@@ -244,8 +262,9 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
         (out / "history.json").write_text(json.dumps(history, indent=2))
         if on_epoch:
             on_epoch(record)
-        print(json.dumps({k: v for k, v in record.items() if k != "dev"} |
-                         {f"dev_f1_K{k}": round(scores[f'K{k}']['f1'] * 100, 2) for k in eval_k}), flush=True)
+        else:
+            print(json.dumps({k: v for k, v in record.items() if k != "dev"} |
+                             {f"dev_f1_K{k}": round(scores[f'K{k}']['f1'] * 100, 2) for k in eval_k}), flush=True)
     return StageResult(stage, str(best_dir), best, history)
 
 
@@ -256,7 +275,8 @@ def _peak_memory_mb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> list[StageResult]:
+def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
+          on_step: Callable[[dict], None] | None = None, step_every: int = 0) -> list[StageResult]:
     """Run the configured stages; stage 2 starts from stage 1's best checkpoint (unless pretrain=False)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -280,5 +300,6 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> l
             model = DocREModel.from_pretrained(stage1_best, device)
         elif model is None:
             model = DocREModel.create(ModelConfig(**cfg.model), inventory).to(device)
-        results.append(train_stage(cfg, stage, model, train_split, dev_split, on_epoch))
+        results.append(train_stage(cfg, stage, model, train_split, dev_split, on_epoch,
+                                   on_step=on_step, step_every=step_every))
     return results

