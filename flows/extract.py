@@ -19,7 +19,6 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from docre import store
@@ -39,20 +38,37 @@ class _DropDashboardLink(logging.Filter):
 class ClusterRunner(DaskTaskRunner):
     """DaskTaskRunner that links the Dask dashboard only when the scheduler really serves one."""
 
-    def __enter__(self):
+    @property
+    def client(self):
+        first = self._client is None
         quiet = _DropDashboardLink()
         self.logger.addFilter(quiet)
         try:
-            super().__enter__()
+            client = super().client  # created on first use
         finally:
             self.logger.removeFilter(quiet)
-        if self._client.scheduler_info().get("services", {}).get("dashboard"):
-            self.logger.info("Dask dashboard: %s", self._client.dashboard_link)
-        return self
+        if first and dashboard_running(client):
+            self.logger.info("Dask dashboard: %s", client.dashboard_link)
+        return client
+
+
+def _scheduler_has_bokeh() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def dashboard_running(client) -> bool:
+    """The scheduler serves HTTP *and* can render the dashboard (bokeh); without bokeh /status is a 404."""
+    if not client.scheduler_info().get("services", {}).get("dashboard"):
+        return False
+    try:
+        return bool(client.run_on_scheduler(_scheduler_has_bokeh))
+    except Exception:  # noqa: BLE001 - an old or locked-down scheduler: do not claim a dashboard
+        return False
 
 
 def cluster_runner(scheduler_address: str | None, n_workers: int, threads_per_worker: int,
-                   api_url: str | None) -> ClusterRunner:
+                   api_url: str | None, dashboard_address: str | None = None) -> ClusterRunner:
     if scheduler_address:
         return ClusterRunner(address=scheduler_address)
     threads = str(threads_per_worker)
@@ -61,7 +77,7 @@ def cluster_runner(scheduler_address: str | None, n_workers: int, threads_per_wo
         env["PREFECT_API_URL"] = api_url
     return ClusterRunner(cluster_class="distributed.LocalCluster",
                          cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                         "dashboard_address": None, "env": env})
+                                         "dashboard_address": dashboard_address, "env": env})
 
 
 def flow_api_url() -> str | None:
@@ -75,15 +91,24 @@ def flow_api_url() -> str | None:
 
 
 def _in_window(task, items: list, max_in_flight: int, on_done, **kwargs) -> tuple[list, list]:
-    """Submit `task` for each item with at most `max_in_flight` runs pending; returns (results, failed items)."""
+    """Submit `task` for each item with at most `max_in_flight` runs pending; returns (results, failed items).
+
+    The Prefect server then never holds more than `max_in_flight` scheduled runs of this flow, however many
+    parts there are.
+    """
+    from distributed import wait as dask_wait
     results, failed, running = [], [], {}
     items = list(items)
     while items or running:
         while items and len(running) < max_in_flight:
             item = items.pop(0)
             running[task.submit(item, **kwargs)] = item
-        for future in as_completed(list(running)):
+        wrapped = [f.wrapped_future for f in running]
+        with wrapped[0].client.as_current():
+            dask_wait(wrapped, return_when="FIRST_COMPLETED")
+        for future in [f for f in running if f.wrapped_future.done()]:
             item = running.pop(future)
+            future.wait()
             state = future.state
             if state.is_completed():
                 results.append(future.result())
@@ -91,7 +116,6 @@ def _in_window(task, items: list, max_in_flight: int, on_done, **kwargs) -> tupl
                 failed.append(item)
                 get_run_logger().error("%s failed: %s", getattr(item, "part_id", item), state.message)
             on_done(len(results) + len(failed))
-            break
     return results, failed
 
 
@@ -131,7 +155,8 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
                   scheduler_address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
                   format: InputFormat | None = None, passages: Literal["title_abstract", "all"] = "title_abstract",
                   concepts: str | None = None, iterations: int | None = None, batch_size: int = 8,
-                  device: Device = "auto", model_cache_dir: str | None = None, max_in_flight: int = 200) -> dict:
+                  device: Device = "auto", model_cache_dir: str | None = None, max_in_flight: int = 200,
+                  dashboard_address: str | None = None) -> dict:
     """Extract triples from `inputs` into `out_url`, with a knowledge graph of the whole run.
 
     Args:
@@ -155,6 +180,8 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
         device: auto (GPU when the worker has one), cpu or cuda.
         model_cache_dir: local directory for downloaded checkpoints on the workers.
         max_in_flight: most task runs pending at once, so the Prefect server never holds thousands.
+        dashboard_address: where the LocalCluster serves its Dask dashboard (e.g. ":8787"; needs bokeh on
+            the scheduler); the logs link it only when it is really served.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -168,7 +195,7 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
     code_version = f"docre {code.get('package')}" + (f" git {code['git_commit'][:12]}" if code.get("git_commit") else "") \
         + ("-dirty" if code.get("git_dirty") else "")
     api_url = flow_api_url()
-    runner = cluster_runner(scheduler_address, n_workers, threads_per_worker, api_url)
+    runner = cluster_runner(scheduler_address, n_workers, threads_per_worker, api_url, dashboard_address)
     with temporary_settings({PREFECT_API_URL: api_url}):  # travels with every task to the workers
         run = extract_on_cluster.with_options(task_runner=runner)(
             urls, out_url, work_url, checkpoint_url, version, code_version, cfg, iterations, batch_size, device,

@@ -140,6 +140,7 @@ def report(summary: dict, graph: dict, inputs: list[str], wall_seconds: float) -
     return "\n".join(lines) + "\n"
 
 
+@task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def publish_report(summary: dict, graph: dict, inputs: list[str], wall_seconds: float) -> None:
     create_markdown_artifact(report(summary, graph, inputs, wall_seconds), key="docre-extract-report",
                              description="extraction summary")

@@ -7,12 +7,19 @@ like any Hugging Face path.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Before Prefect is imported anywhere: its home (profiles, local storage) must not be the user's, and tests
+# never phone home.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="docre-prefect-home-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+BUCKET = "docre-test"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -100,3 +107,28 @@ def s3_bucket(s3_endpoint, request):
     fs.mkdir(name)
     yield fs, name
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API for the session: a temporary server with its own SQLite database."""
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def s3(s3_endpoint):
+    """The loopback S3 server as an fsspec filesystem with bucket `BUCKET`; fsspec's own config points there too,
+    and Dask workers started later inherit the environment that points there."""
+    import fsspec
+    import s3fs
+    os.environ["FSSPEC_S3_ENDPOINT_URL"] = s3_endpoint
+    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = s3_endpoint  # fsspec read its env at import
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    yield fs
+    fsspec.config.conf.get("s3", {}).pop("endpoint_url", None)
+    os.environ.pop("FSSPEC_S3_ENDPOINT_URL", None)
