@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                           model_store_url=f"{out}/models", work_dir=str(ROOT / "runs" / "demo"),
                           data_url=f"{out}/data", config=config, relations=str(EXAMPLES / "rel_info.json"))
     extracted = docre_extract(inputs=str(EXAMPLES / "extract.jsonl"), out_url=f"{out}/triples/{{model_version}}",
-                              model_url=f"{out}/models", docs_per_shard=15, n_workers=args.workers)
+                              model_url=f"{out}/models", part_docs=15, n_workers=args.workers)
     print(summary_table(trained, extracted, out))
     return 0
 
