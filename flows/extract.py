@@ -77,7 +77,8 @@ def cluster_runner(scheduler_address: str | None, n_workers: int, threads_per_wo
         env["PREFECT_API_URL"] = api_url
     return ClusterRunner(cluster_class="distributed.LocalCluster",
                          cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                         "dashboard_address": dashboard_address, "env": env})
+                                         # ":0": any free port for the scheduler's HTTP endpoint, never a clash
+                                         "dashboard_address": dashboard_address or ":0", "env": env})
 
 
 def flow_api_url() -> str | None:
