@@ -123,7 +123,8 @@ def _in_window(task, items: list, max_in_flight: int, on_done, **kwargs) -> tupl
 @flow(name="docre-extract-on-cluster")
 def extract_on_cluster(urls: list[str], out_url: str, work_url: str, checkpoint_url: str, version: str,
                        code_version: str, cfg: PrepareConfig, iterations: int | None, batch_size: int, device: str,
-                       model_cache_dir: str | None, threads: int, max_in_flight: int) -> dict:
+                       model_cache_dir: str | None, threads: int, max_in_flight: int,
+                       extra_formats: list[str] = ()) -> dict:
     """Prepare every input, then extract every pending part, on this flow's Dask task runner."""
     logger = get_run_logger()
     common = dict(device=device, model_cache_dir=model_cache_dir, threads=threads)
@@ -146,7 +147,8 @@ def extract_on_cluster(urls: list[str], out_url: str, work_url: str, checkpoint_
 
     results, failed = _in_window(extract_part, pending, max_in_flight, on_done, out_url=out_url,
                                  checkpoint_url=checkpoint_url, model_version=version, code_version=code_version,
-                                 iterations=iterations, batch_size=batch_size, **common)
+                                 iterations=iterations, batch_size=batch_size, extra_formats=list(extra_formats),
+                                 **common)
     return {"manifests": manifests, "parts": parts, "run": len(results), "skipped": len(done),
             "failed_parts": [p.part_id for p in failed], "failed_inputs": failed_inputs}
 
@@ -157,7 +159,8 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
                   format: InputFormat | None = None, passages: Literal["title_abstract", "all"] = "title_abstract",
                   concepts: str | None = None, iterations: int | None = None, batch_size: int = 8,
                   device: Device = "auto", model_cache_dir: str | None = None, max_in_flight: int = 200,
-                  dashboard_address: str | None = None) -> dict:
+                  dashboard_address: str | None = None,
+                  extra_formats: list[Literal["jsonl", "bioc_xml", "bioc_json"]] | None = None) -> dict:
     """Extract triples from `inputs` into `out_url`, with a knowledge graph of the whole run.
 
     Args:
@@ -183,6 +186,8 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
         max_in_flight: most task runs pending at once, so the Prefect server never holds thousands.
         dashboard_address: where the LocalCluster serves its Dask dashboard (e.g. ":8787"; needs bokeh on
             the scheduler); the logs link it only when it is really served.
+        extra_formats: also write each part's triples as JSONL or BioC (documents with predicted relations,
+            for PubTator tools), next to the Parquet files.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -200,7 +205,7 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
     with temporary_settings({PREFECT_API_URL: api_url}):  # travels with every task to the workers
         run = extract_on_cluster.with_options(task_runner=runner)(
             urls, out_url, work_url, checkpoint_url, version, code_version, cfg, iterations, batch_size, device,
-            model_cache_dir, threads_per_worker, max_in_flight)
+            model_cache_dir, threads_per_worker, max_in_flight, extra_formats or [])
     parts: list[Part] = run["parts"]
     summary = summarize(parts, out_url, version, extra={
         "parts_run": run["run"], "parts_skipped": run["skipped"], "parts_failed": run["failed_parts"],

@@ -88,11 +88,11 @@ def prepare_input(url: str, work_url: str, checkpoint_url: str, version: str, cf
       retry_delay_seconds=2)
 def extract_part(part: Part, out_url: str, checkpoint_url: str, model_version: str, code_version: str,
                  iterations: int | None = None, batch_size: int = 8, device: str = "auto",
-                 model_cache_dir: str | None = None, threads: int = 1) -> PartResult:
+                 model_cache_dir: str | None = None, threads: int = 1, extra_formats: list[str] = ()) -> PartResult:
     """Extract and commit one part (skipped when already committed)."""
     model = _model(checkpoint_url, model_version, device, model_cache_dir, threads)
     r = lib.extract_part(model, part, out_url, model_version, iterations, batch_size, code_version,
-                         before_commit=_fault_hook())
+                         before_commit=_fault_hook(), extra_formats=extra_formats)
     get_run_logger().info("part %s (%s records %d-%d): %d in, %d out, %d quarantined, %d triples, %.1f docs/s%s",
                           part.part_id, redact_url(part.input_url), part.first_record, part.end_record, r.docs_in,
                           r.docs_out, r.quarantined, r.triples, r.docs_per_s,

@@ -386,3 +386,18 @@ def replace_inventory(model, inventory):
     clone.__dict__ = dict(model.__dict__)
     clone.inventory = inventory
     return clone
+
+
+def test_parts_can_also_be_written_as_bioc_and_jsonl(tmp_path, corpus, stub):
+    [m] = prepare_all([corpus["archive"]], str(tmp_path / "w"), stub, part_docs=100)
+    [part] = ex.plan_parts([m])
+    out = tmp_path / "out"
+    r = ex.extract_part(stub, part, str(out), "v1", extra_formats=["jsonl", "bioc_xml", "bioc_json"])
+    assert r.extra_files == [f"jsonl/part-{part.part_id}.jsonl", f"bioc_xml/part-{part.part_id}.xml",
+                             f"bioc_json/part-{part.part_id}.bioc.json"]
+    lines = (out / r.extra_files[0]).read_text().splitlines()
+    assert len(lines) == r.triples == 10 and json.loads(lines[0])["head_id"].startswith("MESH:")
+    for f in r.extra_files[1:]:
+        docs = list(read_documents(str(out / f)))
+        assert len(docs) == 10 and sum(len(d.facts) for d in docs) == 10
+        assert {f_.relation for d in docs for f_ in d.facts} == {"CID"}

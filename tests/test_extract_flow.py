@@ -145,6 +145,7 @@ def test_prepare_extract_aggregate_on_a_local_cluster(prefect_api, s3, corpus, p
 
 def test_a_killed_worker_changes_nothing(prefect_api, s3, corpus, published):
     from flows.extract import docre_extract
+    before = descendants()
     (Path(FAULT_DIR) / "kill-any").write_text("kill the first worker that reaches a commit")
     out = f"s3://{BUCKET}/pt3-out/killed"
     work = f"s3://{BUCKET}/pt3-out/local/v1/_prepared"  # prepared by the previous test: nothing is read again
@@ -160,6 +161,10 @@ def test_a_killed_worker_changes_nothing(prefect_api, s3, corpus, published):
     assert (s["docs_in"], s["docs_out"], s["quarantined"]) == (15, 14, 1)
     assert got(out) == expected(published["model"], corpus)  # none lost, none duplicated
     assert len(reads()) == n_reads
+    deadline = time.time() + 20
+    while (left := descendants() - before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left  # the killed worker's replacement and the cluster are gone too
 
 
 def test_a_cluster_started_separately(prefect_api, s3, corpus, published, tmp_path):

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from ..data.assemble import namespaced_id
 from ..data.batch import Example
 from ..data.document import Document
-from ..storage import exists, fs_of, join, list_files, read_json, read_text, write_bytes_atomic
+from ..storage import exists, fs_of, join, list_files, read_json, write_bytes_atomic
 from .plan import Part
 
 SCHEMA_VERSION = 2
@@ -83,6 +83,7 @@ class PartResult:
     peak_rss_mb: float = 0.0
     committed_at: str = ""
     skipped: bool = False  # already committed: nothing was done
+    extra_files: list[str] | None = None  # the part's triples in other formats (jsonl, BioC)
 
     @property
     def balanced(self) -> bool:
@@ -184,10 +185,33 @@ def read_part(part: Part) -> tuple[list[Example], list[Document], list[dict]]:
     return [Example.from_row(r) for r in rows], [Document.from_dict(json.loads(r["document"])) for r in rows], q_rows
 
 
+EXTRA_FORMATS = ("jsonl", "bioc_xml", "bioc_json")
+
+
+def _extra_output(fmt: str, rows: list[dict], docs: list[Document], model_version: str) -> tuple[str, bytes]:
+    """(file suffix, bytes) of one part's triples in another format, for tools that do not read Parquet."""
+    if fmt == "jsonl":
+        return "jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    triples = [{"doc_id": r["doc_id"], "head": r["head_entity"], "tail": r["tail_entity"], "relation": r["relation"],
+                "score": r["score"], "iteration": r["iteration"]} for r in rows]
+    from ..data.bioc import write_bioc_json, write_bioc_xml
+    if fmt == "bioc_xml":
+        return "xml", "".join(write_bioc_xml(docs, triples, model_version)).encode()
+    if fmt == "bioc_json":
+        return "bioc.json", write_bioc_json(docs, triples, model_version).encode()
+    raise ValueError(f"unknown output format {fmt!r}; one of {EXTRA_FORMATS}")
+
+
 def extract_part(model, part: Part, out_url: str, model_version: str, iterations: int | None = None,
                  batch_size: int = 8, code_version: str = "",
-                 before_commit: Callable[[Part], None] | None = None) -> PartResult:
-    """Extract one part and commit it; a committed part is returned from its marker untouched."""
+                 before_commit: Callable[[Part], None] | None = None,
+                 extra_formats: Iterable[str] = ()) -> PartResult:
+    """Extract one part and commit it; a committed part is returned from its marker untouched.
+
+    Triples always go to Parquet; `extra_formats` ("jsonl", "bioc_xml", "bioc_json") also writes them as
+    ``<format>/part-<id>.<suffix>`` (BioC: the part's documents with the predicted relations), committed
+    with the rest.
+    """
     marker = _marker_url(out_url, part.part_id)
     if exists(marker):
         done = PartResult.from_dict(read_json(marker))
@@ -208,13 +232,19 @@ def extract_part(model, part: Part, out_url: str, model_version: str, iterations
     quarantine_file = f"quarantine/part-{part.part_id}.parquet"
     write_bytes_atomic(join(out_url, triples_file), _parquet_bytes(rows, TRIPLE_SCHEMA))
     write_bytes_atomic(join(out_url, quarantine_file), _parquet_bytes(quarantine, QUARANTINE_SCHEMA))
+    extra_files = []
+    for fmt in extra_formats:
+        suffix, data = _extra_output(fmt, rows, docs, model_version)
+        extra_files.append(f"{fmt}/part-{part.part_id}.{suffix}")
+        write_bytes_atomic(join(out_url, extra_files[-1]), data)
     seconds = time.time() - t0
     result = PartResult(part.part_id, part.input_url, docs_in=part.docs + part.quarantined,
                         docs_out=len(docs) - len(failed), quarantined=sum(q["count"] for q in quarantine),
                         triples=len(rows), model_version=model_version, triples_file=triples_file,
                         quarantine_file=quarantine_file, seconds=round(seconds, 3),
                         docs_per_s=round(len(docs) / seconds, 2) if seconds > 0 else 0.0,
-                        worker=f"{socket.gethostname()}:{os.getpid()}", peak_rss_mb=_peak_rss_mb())
+                        worker=f"{socket.gethostname()}:{os.getpid()}", peak_rss_mb=_peak_rss_mb(),
+                        extra_files=extra_files)
     if not result.balanced:  # cannot happen unless the code above is wrong; never commit it
         raise AssertionError(f"part {part.part_id}: docs_in {result.docs_in} != docs_out {result.docs_out} + "
                              f"quarantined {result.quarantined}")
