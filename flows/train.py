@@ -47,7 +47,8 @@ _NESTED = ("stage1", "stage2", "model")
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
-InputFormat = Literal["docred", "pubtator", "atlop"]
+# the formats that carry relation labels (docre.data.io.FORMATS minus pubmed, which has none)
+InputFormat = Literal["docred", "pubtator", "atlop", "bioc_xml", "bioc_json"]
 
 
 def merge_config(base: dict, override: dict | None) -> dict:
@@ -66,6 +67,9 @@ def _champion(model_store_url: str) -> dict | None:
     return {"version": version, "url": checkpoint_url, "meta": store.read_version_meta(model_store_url, version)}
 
 
+# No flow-level retries by default: Prefect 3 has no retry condition for flows, and a returned Failed state
+# (e.g. missing credentials) would be retried too. A retry of a failed or crashed run (the UI's Retry, or
+# `docre_train.with_options(retries=...)`) keeps the flow run id, and so resumes from the state in work_url.
 @flow(name="docre-train", log_prints=True)
 def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_dir: str = "runs/prefect",
                 work_url: str | None = None, data_url: str | None = None, config_file: str | None = None,
