@@ -38,6 +38,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from docre import store
+from docre.champion import percent_by_k
 from docre.extract import redact_url
 from docre.train import TrainConfig
 from tasks.data import tokenize
@@ -163,8 +164,11 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
         champion_eval_url = eval_ds["url"] if champion_encoder == encoder else tokenize(
             eval_inputs or dev_inputs, f"{data_url}/eval-champion", str(Path(champion_local["checkpoint"]) / "tokenizer"),
             relations, format)["url"]
+    # the evaluate task already scored the challenger on the dev set at every K of the config
+    reuse = None if eval_inputs or iterations != sorted(cfg.eval_iterations) or compare_k != max(cfg.eval_iterations) \
+        or cfg.limit_dev else {"by_k": percent_by_k(report["metrics"]), "per_relation": report["per_relation"]}
     cmp = compare_with_champion(best_dir, eval_ds["url"], champion_local, champion_eval_url, iterations, compare_k,
-                                tolerance, floor, device, redact_url(eval_inputs or dev_inputs))
+                                tolerance, floor, device, redact_url(eval_inputs or dev_inputs), reuse)
     decision = cmp["decision"]
     comparison_md = Path(run_dir) / "report" / "champion_challenger.md"
     comparison_md.write_text(cmp["markdown"])

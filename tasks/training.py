@@ -127,15 +127,17 @@ def _score(checkpoint_dir: str, data_url: str, iterations: list[int], compare_k:
 @task(name="champion-challenger", cache_policy=NO_CACHE)
 def compare_with_champion(challenger_dir: str, challenger_eval_url: str, champion: dict | None,
                           champion_eval_url: str | None, iterations: list[int], compare_k: int, tolerance: float,
-                          floor: float, device: str, eval_name: str) -> dict:
+                          floor: float, device: str, eval_name: str, challenger_scores: dict | None = None) -> dict:
     """Score the challenger and the current champion on the same evaluation set at the same K, and decide.
 
     `champion` is {"version", "checkpoint"} (a local directory) or None for an
     empty store. The eval set is tokenized once per tokenizer (each model reads
-    it with its own). Writes the side-by-side markdown artifact
+    it with its own). `challenger_scores` ({"by_k", "per_relation"}) skips
+    re-scoring the challenger when the evaluate task already scored it on the
+    same set at the same K. Writes the side-by-side markdown artifact
     `docre-champion-challenger` and returns the decision with both score sets.
     """
-    challenger = _score(challenger_dir, challenger_eval_url, iterations, compare_k, device)
+    challenger = challenger_scores or _score(challenger_dir, challenger_eval_url, iterations, compare_k, device)
     champ = _score(champion["checkpoint"], champion_eval_url, iterations, compare_k, device) if champion else None
     key = f"K{compare_k}"
     decision = decide_promotion(challenger["by_k"][key]["f1"], champ["by_k"][key]["f1"] if champ else None,
