@@ -117,7 +117,7 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
                 store.check_store_access(url)
     except store.StoreAccessError as e:
         logger.error("%s", e)
-        return Failed(message=str(e))  # one named line, no traceback (and no retries of a config error)
+        return Failed(message=str(e))  # one named line, no traceback
 
     raw: dict = {"progress": False}
     if config_file:
