@@ -67,6 +67,20 @@ def dashboard_running(client) -> bool:
         return False
 
 
+def _patient_nanny():
+    """A Nanny that gives its worker process 20 s to exit when the cluster closes, not 5.
+
+    A worker with a model loaded, on a loaded machine, can take more than 4 s to exit cleanly (flushing its
+    Prefect logs and events, freeing memory); distributed's default then kills it and logs "still alive".
+    """
+    from distributed import Nanny
+
+    class PatientNanny(Nanny):
+        async def close(self, timeout: float = 20, reason: str = "nanny-close"):
+            return await super().close(timeout=timeout, reason=reason)
+    return PatientNanny
+
+
 def cluster_runner(scheduler_address: str | None, n_workers: int, threads_per_worker: int,
                    api_url: str | None, dashboard_address: str | None = None) -> ClusterRunner:
     if scheduler_address:
@@ -78,7 +92,8 @@ def cluster_runner(scheduler_address: str | None, n_workers: int, threads_per_wo
     return ClusterRunner(cluster_class="distributed.LocalCluster",
                          cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
                                          # ":0": any free port for the scheduler's HTTP endpoint, never a clash
-                                         "dashboard_address": dashboard_address or ":0", "env": env})
+                                         "dashboard_address": dashboard_address or ":0", "env": env,
+                                         "worker_class": _patient_nanny()})
 
 
 def flow_api_url() -> str | None:
