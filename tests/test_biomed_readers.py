@@ -395,3 +395,18 @@ def test_raw_bioconcepts_file_is_indexed_once_and_reused(tmp_path, monkeypatch, 
     assert first == read(PM / "pubmed26n0001.xml", options=ReadOptions(concepts=concept_index))[0]
     assert [e.kb_id for e in second[0].entities] == ["D002945", "D007674", "D006311"]
     assert [p.name for p in (tmp_path / "cache" / "concepts").iterdir()] == [Path(pubmed.concept_index_for(raw)).name]
+
+
+def test_cli_tokenize_from_s3_into_s3(tmp_path, tiny_encoder, s3_bucket):
+    from docre.cli import main
+    from docre.data.tokenize import read_manifest
+    fs, bucket = s3_bucket
+    files = source_files(tmp_path)
+    for name in ("BioCXML.0.tar.gz", "pubmed26n0001.xml"):
+        fs.put(str(files[name]), f"{bucket}/in/{name}")
+    fs.put(str(PM / "bioconcepts2pubtator3_sample.tsv"), f"{bucket}/bioconcepts2pubtator3.tsv")
+    out = f"s3://{bucket}/tok"
+    assert main(["data", "tokenize", f"s3://{bucket}/in/BioCXML.0.tar.gz", f"s3://{bucket}/in/pubmed26n0001.xml", out,
+                 "--encoder", tiny_encoder, "--concepts", f"s3://{bucket}/bioconcepts2pubtator3.tsv"]) == 0
+    m = read_manifest(out)
+    assert (m.documents, m.quarantined) == (6, 0) and fs.exists(f"{bucket}/tok/data.parquet")
