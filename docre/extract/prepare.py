@@ -29,7 +29,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..data.document import DocumentError, RelationInventory
+from ..data.document import RelationInventory
 from ..data.io import Quarantined, ReadOptions, read_documents
 from ..data.tokenize import SCHEMA as TOKEN_SCHEMA
 from ..data.tokenize import encode_document
