@@ -13,13 +13,7 @@ Models are published and loaded by `docre.store`; storage helpers live in `docre
 """
 from __future__ import annotations
 
-from ..storage import VERSION_RE as _VERSION_RE  # noqa: F401 - the model store's names, until it imports storage
-from ..storage import exists as _exists  # noqa: F401
-from ..storage import fs_of as _fs  # noqa: F401
-from ..storage import is_local as _is_local  # noqa: F401
-from ..storage import join as _join  # noqa: F401
-from ..storage import read_text as _read_text  # noqa: F401
-from ..storage import redact_url, write_bytes_atomic  # noqa: F401
+from ..storage import redact_url, write_bytes_atomic
 from .aggregate import GRAPH_FILE, aggregate, read_graph
 from .plan import (Part, PrepareConfig, input_fingerprint, list_inputs, load_plan, plan_parts, read_input_manifest,
                    write_plan)
