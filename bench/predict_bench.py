@@ -18,6 +18,9 @@ old code vs new on the same checkpoint, and int8 vs fp32.
   --peak-gflops (170: this 2-vCPU VM's fp32 matmul peak on 2 threads);
 * CDR dev F1 (--cdr-data, tokenized) at K = 0 and K, fp32 and int8.
 
+Whole commands also record the child's CPU seconds (user + system), which other work on the
+machine inflates far less than wall seconds.
+
 Records `uptime` load averages before and after every timed run: other work on the same cores
 slows everything down. Writes --out (bench/results/predict.json).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -48,14 +52,51 @@ def whole_command(code: Path, model: str, inp: str, out: str, k: int, threads: i
         cmd += ["--threads", str(threads), "--batch-size", str(batch_size)] + (["--int8"] if int8 else [])
     env = dict(os.environ, PYTHONPATH=str(code), TQDM_DISABLE="1")
     before = load()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     # run from a neutral directory so that the interpreter imports `docre` from `code`, not from the cwd
     proc = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return {"command": " ".join(["docre"] + cmd[3:]), "code": "old" if old else "new", "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
             "load_before": before, "load_after": load()}
+
+
+CHILD = """
+import json, sys, time
+c0 = time.process_time()
+import torch
+torch.set_num_threads(1)
+from docre.data.io import read_documents
+from docre.model.docre_ii import DocREModel
+c1 = time.process_time()
+model = DocREModel.from_pretrained(sys.argv[1])
+if sys.argv[4] == "int8":
+    model.quantize_int8()
+c2 = time.process_time()
+docs = list(read_documents(sys.argv[2]))
+c3 = time.process_time()
+triples = model.predict(docs, int(sys.argv[3]))
+c4 = time.process_time()
+print(json.dumps({"imports": c1 - c0, "load": c2 - c1, "read": c3 - c2, "predict": c4 - c3, "total": c4 - c0,
+                  "triples": len(triples)}))
+"""
+
+
+def single_thread_cpu(code: Path, model: str, inp: str, k: int, int8: bool) -> dict:
+    """CPU seconds of the whole prediction (imports, load, reading, tokenization, prediction) on ONE
+    thread, measured inside the child: other work on the machine barely changes it (no spinning
+    threads to share cores with), so old and new code compare fairly even on a busy machine."""
+    env = dict(os.environ, PYTHONPATH=str(code), TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(Path(model).resolve()), str(Path(inp).resolve()), str(k),
+                           "int8" if int8 else "fp32"], cwd=tempfile.gettempdir(), env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
 def read_triples(path: str) -> dict[tuple, float]:
@@ -99,12 +140,12 @@ def in_process(model_dir: str, inp: str, ks: list[int], threads: int, batch_size
     rows = []
     for precision in ("fp32", "int8"):
         model = DocREModel.from_pretrained(model_dir)
-        if precision == "int8":
-            model.quantize_int8()
         docs = list(read_documents(inp))
         examples = [Example.from_row(encode_document(d, model.tokenizer, model.inventory)) for d in docs]
         lengths = [len(e.input_ids) for e in examples]
-        flops = encoder_flops(model, lengths)
+        flops = encoder_flops(model, lengths)  # of the fp32 encoder (quantized Linears are no nn.Linear)
+        if precision == "int8":
+            model.quantize_int8()
         limit = peak * 1e9 / flops
         model.predict_examples(examples[:8], 0)  # warm-up
         for k in ks:
@@ -173,15 +214,16 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, nargs="+", default=[0, 3])
     ap.add_argument("--peak-gflops", type=float, default=170.0)
     ap.add_argument("--repeats", type=int, default=1, help="in-process runs per setting; the fastest is kept")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["whole", "inprocess", "f1", "old"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["whole", "inprocess", "f1", "old", "cdr", "redocred", "cpu"])
     ap.add_argument("--out", default="bench/results/predict.json")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     result: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "threads": args.threads,
                     "batch_size": args.batch_size, "load_start": load(), "whole_command": [], "old_vs_new": [],
-                    "in_process": [], "f1": []}
-    sets = [("cdr_dev", args.cdr_model, args.cdr_input)]
-    if args.redocred_model:
+                    "in_process": [], "f1": [], "single_thread_cpu": []}
+    sets = [] if "cdr" in args.skip else [("cdr_dev", args.cdr_model, args.cdr_input)]
+    if args.redocred_model and "redocred" not in args.skip:
         sets.append(("redocred_last100", args.redocred_model, args.redocred_input))
     tmp = Path(tempfile.mkdtemp(prefix="predict_bench_"))
     if "whole" not in args.skip:
@@ -212,12 +254,23 @@ def main() -> None:
                     print(json.dumps(c), flush=True)
                 c = compare(read_triples(runs[("new", False)]), read_triples(runs[("new", True)]))
                 result["old_vs_new"].append(c | {"dataset": name, "K": k, "what": "fp32 vs int8 (new code)"})
+    if "cpu" not in args.skip:
+        for name, model, inp in sets:
+            for k in args.iterations:
+                runs = [("new", ROOT, False), ("new", ROOT, True)]
+                if args.old_code and "old" not in args.skip:
+                    runs.append(("old", Path(args.old_code), False))
+                for code_name, code, int8 in runs:
+                    r = single_thread_cpu(code, model, inp, k, int8) | {
+                        "dataset": name, "K": k, "code": code_name, "precision": "int8" if int8 else "fp32"}
+                    result["single_thread_cpu"].append(r)
+                    print(json.dumps(r), flush=True)
     if "inprocess" not in args.skip:
         for name, model, inp in sets:
             result["in_process"] += [r | {"dataset": name} for r in
                                      in_process(model, inp, args.iterations, args.threads, args.batch_size,
                                                 args.peak_gflops, args.repeats)]
-    if "f1" not in args.skip and args.cdr_data:
+    if "f1" not in args.skip and "cdr" not in args.skip and args.cdr_data:
         result["f1"] = f1_rows(args.cdr_model, args.cdr_data, max(args.iterations), args.threads, args.batch_size)
     result["load_end"] = load()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
