@@ -18,6 +18,7 @@ import time
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect_dask import DaskTaskRunner
 
@@ -207,6 +208,13 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     t_start = time.time()
+    try:  # missing object-store credentials: one named line, not a traceback per retry
+        for url in (*inputs.split(","), out_url, model_url, work_url, concepts):
+            if url:
+                store.check_store_access(url.strip())
+    except store.StoreAccessError as e:
+        get_run_logger().error("%s", e)
+        return Failed(message=str(e))
     checkpoint_url, version = resolve_model(model_url)
     out_url = out_url.replace("{model_version}", version)  # e.g. s3://bucket/triples/{model_version}
     work_url = work_url or join(out_url, "_prepared")

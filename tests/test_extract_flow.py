@@ -223,3 +223,15 @@ def test_workers_report_to_the_flows_temporary_api(tmp_path, tiny_encoder):
     assert logs.count("Starting temporary server") == 1, logs[-3000:]
     assert "Dask dashboard" not in logs  # none is running (no bokeh here), so none is linked
     assert "still alive after" not in logs  # the cluster shut down cleanly
+
+
+def test_missing_s3_credentials_fail_in_one_named_line(prefect_api, monkeypatch, tmp_path):
+    from flows.extract import docre_extract
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    state = docre_extract("s3://nowhere/in.xml", "s3://nowhere/out", "s3://nowhere/models", return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("s3://nowhere/in.xml: no S3 credentials; set AWS_ACCESS_KEY_ID")
+    assert "\n" not in state.message
