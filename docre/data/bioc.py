@@ -37,6 +37,7 @@ from xml.sax.saxutils import escape, quoteattr
 from .assemble import (AssembleOptions, RawDocument, RawMention, RawRelation, assemble, join_passages,
                        split_ids)
 from .document import Document, DocumentError, RelationInventory
+from .xmlstream import iter_records
 
 Passages = Literal["title_abstract", "all"]
 _TITLE_TYPES = {"title", "front"}
@@ -88,25 +89,12 @@ def _sentences_text(p) -> str:
 
 def iter_bioc_xml(f: IO[bytes], source: str) -> Iterator[dict]:
     """BioC documents of an XML stream, one at a time; a syntax error raises DocumentError with the line."""
-    from lxml import etree
-
-    parser = etree.iterparse(f, events=("end",), tag="document", huge_tree=True, resolve_entities=False,
-                             no_network=True, load_dtd=False)
-    try:
-        index = 0
-        for _, el in parser:
-            if el.getparent() is None or el.getparent().tag != "collection":
-                continue  # not a BioC document element (e.g. a nested "document" infon-less tag)
-            yield _xml_document(el) | {"index": index}
-            index += 1
-            el.clear()
-            parent = el.getparent()
-            while el.getprevious() is not None:
-                del parent[0]
-    except etree.XMLSyntaxError as e:
-        line = e.position[0] if e.position else e.lineno
-        raise DocumentError(source, f"line {line}", f"invalid XML: {e.msg}; the rest of the file is unreadable") \
-            from None
+    index = 0
+    for el in iter_records(f, source, "document"):
+        if el.getparent() is None or el.getparent().tag != "collection":
+            continue  # a "document" element that is not a BioC document of the collection
+        yield _xml_document(el) | {"index": index}
+        index += 1
 
 
 def iter_bioc_json(data: Any, source: str) -> Iterator[dict]:

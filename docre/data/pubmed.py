@@ -26,6 +26,7 @@ from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .assemble import AssembleOptions, RawDocument, RawMention, assemble, join_passages, split_ids
 from .document import Document, DocumentError, RelationInventory
+from .xmlstream import iter_records
 
 
 @dataclass
@@ -43,34 +44,20 @@ def _text(el) -> str:
 
 def iter_pubmed_xml(f: IO[bytes], source: str, deleted: list[str] | None = None) -> Iterator[Citation]:
     """Citations of a PubmedArticleSet stream; PMIDs of DeleteCitation go to `deleted`."""
-    from lxml import etree
-
-    parser = etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation", "PubmedBookArticle"),
-                             huge_tree=True, resolve_entities=False, no_network=True, load_dtd=False)
-    try:
-        for _, el in parser:
-            if el.tag == "DeleteCitation":
-                if deleted is not None:
-                    deleted.extend((p.text or "").strip() for p in el.iterfind("PMID"))
-            elif el.tag == "PubmedArticle":
-                cit = el.find("MedlineCitation")
-                pmid_el = cit.find("PMID") if cit is not None else None
-                pmid = (pmid_el.text or "").strip() if pmid_el is not None else ""
-                version = int(pmid_el.get("Version", "1")) if pmid_el is not None else 1
-                art = cit.find("Article") if cit is not None else None
-                title = _text(art.find("ArticleTitle")) if art is not None else ""
-                parts = [t for t in (_text(a) for a in art.iterfind("Abstract/AbstractText"))
-                         if t] if art is not None else []
-                yield Citation(pmid, version, title, parts, el.sourceline)
-            el.clear()
-            parent = el.getparent()
-            if parent is not None:
-                while el.getprevious() is not None:
-                    del parent[0]
-    except etree.XMLSyntaxError as e:
-        line = e.position[0] if e.position else e.lineno
-        raise DocumentError(source, f"line {line}", f"invalid XML: {e.msg}; the rest of the file is unreadable") \
-            from None
+    for el in iter_records(f, source, ("PubmedArticle", "DeleteCitation", "PubmedBookArticle")):
+        if el.tag == "DeleteCitation":
+            if deleted is not None:
+                deleted.extend((p.text or "").strip() for p in el.iterfind("PMID"))
+        elif el.tag == "PubmedArticle":
+            cit = el.find("MedlineCitation")
+            pmid_el = cit.find("PMID") if cit is not None else None
+            pmid = (pmid_el.text or "").strip() if pmid_el is not None else ""
+            version = int(pmid_el.get("Version", "1")) if pmid_el is not None else 1
+            art = cit.find("Article") if cit is not None else None
+            title = _text(art.find("ArticleTitle")) if art is not None else ""
+            parts = [t for t in (_text(a) for a in art.iterfind("Abstract/AbstractText")) if t] \
+                if art is not None else []
+            yield Citation(pmid, version, title, parts, el.sourceline)
 
 
 # ---------------------------------------------------------------- the concept index
