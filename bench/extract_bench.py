@@ -26,21 +26,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from reader_bench import abstract_doc  # noqa: E402 (bench/ is the working directory's sibling)
-
-
-def bioc_abstract(rng: random.Random, pmid: int) -> str:
-    title, abstract, mentions = abstract_doc(rng, pmid)
-    o = len(title) + 1
-    anns = {"t": [], "a": []}
-    for n, (s, e, name, typ, kb) in enumerate(mentions):
-        key = "t" if s < len(title) else "a"
-        anns[key].append(f'<annotation id="{n}"><infon key="identifier">{kb}</infon><infon key="type">{typ}</infon>'
-                         f'<location offset="{s}" length="{e - s}"/><text>{name}</text></annotation>')
-    return (f"<document><id>{pmid}</id>"
-            f'<passage><infon key="type">title</infon><offset>0</offset><text>{title}</text>{"".join(anns["t"])}'
-            f'</passage><passage><infon key="type">abstract</infon><offset>{o}</offset><text>{abstract}</text>'
-            f'{"".join(anns["a"])}</passage></document>\n')
+from reader_bench import bioc_document  # bench/ is on sys.path when this script runs
 
 
 def make_archives(root: Path, docs: int, per_member: int = 250) -> list[str]:
@@ -55,7 +41,7 @@ def make_archives(root: Path, docs: int, per_member: int = 250) -> list[str]:
         rng = random.Random(a)
         with tarfile.open(path, "w:gz") as tar:
             for m in range(0, docs // 2, per_member):
-                body = "".join(bioc_abstract(rng, pmid + i) for i in range(m, min(m + per_member, docs // 2)))
+                body = "".join(bioc_document(rng, pmid + i, paragraphs=0, relation=False) for i in range(m, min(m + per_member, docs // 2)))
                 data = (f"<?xml version='1.0' encoding='UTF-8'?><collection><source>PubTator</source>{body}"
                         "</collection>\n").encode()
                 info = tarfile.TarInfo(f"output/BioCXML/{a * 1000 + m // per_member}.BioC.XML")
@@ -87,7 +73,8 @@ def planning_time(root: Path, parts: int = 2000, inputs: int = 20) -> dict:
     for i in range(inputs):
         base = str(work / f"in{i}")
         m = {"input_url": f"s3://bucket/pubmed26n{i:04d}.xml.gz", "prepared_url": base, "deleted": [],
-             "parts": [{"part_id": f"in{i}-{j:05d}", "file": f"part-{j:05d}.parquet", "first_record": j * 10_000,
+             "parts": [{"part_id": f"in{i}-{j:05d}", "file": f"part-{j:05d}.parquet",
+                        "quarantine_file": f"quarantine-{j:05d}.parquet", "first_record": j * 10_000,
                         "end_record": (j + 1) * 10_000, "docs": 10_000, "quarantined": 0}
                        for j in range(parts // inputs)]}
         write_json_atomic(f"{base}/manifest.json", m)

@@ -65,7 +65,7 @@ def abstract_doc(rng: random.Random, pmid: int) -> tuple[str, str, list[tuple[in
     return title, abstract, sorted(set(mentions))
 
 
-def bioc_document(rng: random.Random, pmid: int, paragraphs: int = 10) -> str:
+def bioc_document(rng: random.Random, pmid: int, paragraphs: int = 10, relation: bool = True) -> str:
     title, abstract, mentions = abstract_doc(rng, pmid)
     o_abs = len(title) + 1
     anns = {"t": [], "a": []}
@@ -86,8 +86,10 @@ def bioc_document(rng: random.Random, pmid: int, paragraphs: int = 10) -> str:
         out.append(f'<passage><infon key="type">paragraph</infon><infon key="section_type">RESULTS</infon>'
                    f"<offset>{off}</offset><text>{para}</text></passage>")
         off += len(para) + 1
-    out.append(f'<relation id="R0"><infon key="type">Association</infon><infon key="role1">Chemical|{chem[4]}</infon>'
-               f'<infon key="role2">Disease|{dis[4]}</infon><infon key="score">0.9</infon></relation></document>\n')
+    if relation:
+        out.append(f'<relation id="R0"><infon key="type">Association</infon><infon key="role1">Chemical|{chem[4]}'
+                   f'</infon><infon key="role2">Disease|{dis[4]}</infon><infon key="score">0.9</infon></relation>')
+    out.append("</document>\n")
     return "".join(out)
 
 

@@ -5,36 +5,8 @@ import argparse
 import json
 import sys
 
-
-
-def read_options(args: argparse.Namespace):
-    """ReadOptions from the shared input flags (--passages, --concepts, --keep-unlinked, --all-entity-types)."""
-    from .data.io import ReadOptions
-    return ReadOptions(passages=getattr(args, "passages", "title_abstract"),
-                       unlinked="keep" if getattr(args, "keep_unlinked", False) else "drop",
-                       concepts=getattr(args, "concepts", None),
-                       entity_types="all" if getattr(args, "all_entity_types", False) else "model")
-
-
-def add_input_flags(p: argparse.ArgumentParser) -> None:
-    """The flags every command that reads raw documents shares."""
-    from .data.io import FORMATS
-    p.add_argument("--format", choices=FORMATS, help="override format detection (name, then content)")
-    p.add_argument("--passages", choices=["title_abstract", "all"], default="title_abstract",
-                   help="BioC: title + abstract (default, what models are trained on) or all passages (PMC full text)")
-    p.add_argument("--concepts", help="PubMed XML: entities from a bioconcepts2pubtator3 file (indexed by PMID once, "
-                                      "cached in $DOCRE_CACHE) or an index from `docre data concepts`")
-    p.add_argument("--keep-unlinked", action="store_true", help="keep mentions with id -, -1 or empty as entities")
-
-
-def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> None:
-    out = out or sys.stdout  # looked up per call: tests and callers may have replaced it
-    for key, n in sorted(counts.items()):
-        print(f"{'left out':>24}: {n:,} {key}", file=out)
-    if quarantine:
-        print(f"{'quarantined':>24}: {sum(q.count for q in quarantine):,}", file=out)
-        for q in quarantine[:limit]:
-            print(f"{'':>24}  {q.source.rsplit('/', 1)[-1]}: {q.where}: {q.reason}", file=out)
+from .commands import (add_data_commands, add_extract_commands, add_input_flags, add_model_commands, print_counts,
+                       read_options)
 
 
 def _data_stats(args: argparse.Namespace) -> None:
@@ -89,7 +61,7 @@ def error_line(e: BaseException, args: argparse.Namespace | None) -> str:
         return f"{e.filename}: is a directory"
     if isinstance(e, PermissionError):
         return f"{e.filename or _urls(args)}: permission denied"
-    if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError", "NoCredentialsError"):
+    if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
         return f"{_urls(args, 's3://')}: no object-store credentials (set AWS_ACCESS_KEY_ID and " \
                f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an IAM role)"
     if type(e).__name__ == "ValidationError" and hasattr(e, "errors"):  # pydantic: every bad field on one line
@@ -147,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     conc.add_argument("--run-rows", type=int, default=1_000_000, help="rows sorted in memory per run (memory bound)")
     conc.set_defaults(func=_data_concepts)
 
-    from .commands import add_data_commands, add_extract_commands, add_model_commands
     add_data_commands(data)
     add_model_commands(sub)
     add_extract_commands(sub)

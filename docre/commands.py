@@ -10,6 +10,38 @@ from pathlib import Path
 import fsspec
 
 
+# ---------------------------------------------------------------- flags shared by every command that reads raw documents
+
+def read_options(args: argparse.Namespace):
+    """ReadOptions from the shared input flags (--passages, --concepts, --keep-unlinked, --all-entity-types)."""
+    from .data.io import ReadOptions
+    return ReadOptions(passages=getattr(args, "passages", "title_abstract"),
+                       unlinked="keep" if getattr(args, "keep_unlinked", False) else "drop",
+                       concepts=getattr(args, "concepts", None),
+                       entity_types="all" if getattr(args, "all_entity_types", False) else "model")
+
+
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every command that reads raw documents shares."""
+    from .data.io import FORMATS
+    p.add_argument("--format", choices=FORMATS, help="override format detection (name, then content)")
+    p.add_argument("--passages", choices=["title_abstract", "all"], default="title_abstract",
+                   help="BioC: title + abstract (default, what models are trained on) or all passages (PMC full text)")
+    p.add_argument("--concepts", help="PubMed XML: entities from a bioconcepts2pubtator3 file (indexed by PMID once, "
+                                      "cached in $DOCRE_CACHE) or an index from `docre data concepts`")
+    p.add_argument("--keep-unlinked", action="store_true", help="keep mentions with id -, -1 or empty as entities")
+
+
+def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> None:
+    out = out or sys.stdout  # looked up per call: tests and callers may have replaced it
+    for key, n in sorted(counts.items()):
+        print(f"{'left out':>24}: {n:,} {key}", file=out)
+    if quarantine:
+        print(f"{'quarantined':>24}: {sum(q.count for q in quarantine):,}", file=out)
+        for q in quarantine[:limit]:
+            print(f"{'':>24}  {q.source.rsplit('/', 1)[-1]}: {q.where}: {q.reason}", file=out)
+
+
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
     cfg = TrainConfig.from_yaml(args.config)
@@ -69,7 +101,6 @@ def _predict(args: argparse.Namespace) -> None:
     from .data.io import Quarantined, read_documents
     from .model.docre_ii import DocREModel
     from .train import resolve_device
-    from .cli import print_counts, read_options
     _set_threads(args)
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
     if args.int8:
@@ -170,7 +201,6 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="*.jsonl or *.parquet (triples with names, scores, iteration), "
                                   "*.xml / *.bioc.json (BioC documents with predicted relations), or "
                                   "*.json (DocRED result.json submission)")
-    from .cli import add_input_flags
     add_input_flags(p)
     p.add_argument("--all-entity-types", action="store_true",
                    help="keep entities of types the model was not trained on (left out by default)")

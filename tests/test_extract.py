@@ -220,7 +220,8 @@ def test_planning_reads_manifests_not_documents(tmp_path, corpus, stub):
     assert len({p.part_id for p in parts}) == 4
     # a thousand-part plan is list arithmetic: no storage access at all
     big = {"input_url": "s3://b/x", "prepared_url": "s3://nowhere/k",
-           "parts": [{"part_id": f"k-{i:05d}", "file": f"part-{i:05d}.parquet", "first_record": i, "end_record": i + 1,
+           "parts": [{"part_id": f"k-{i:05d}", "file": f"part-{i:05d}.parquet",
+                      "quarantine_file": f"quarantine-{i:05d}.parquet", "first_record": i, "end_record": i + 1,
                       "docs": 1, "quarantined": 0} for i in range(1000)], "deleted": []}
     assert len(ex.plan_parts([big] * 2)) == 2000
 

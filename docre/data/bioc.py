@@ -37,6 +37,7 @@ from xml.sax.saxutils import escape, quoteattr
 from .assemble import (AssembleOptions, RawDocument, RawMention, RawRelation, assemble, join_passages,
                        split_ids)
 from .document import Document, DocumentError, RelationInventory
+from .validate import each_document
 from .xmlstream import iter_records
 
 Passages = Literal["title_abstract", "all"]
@@ -272,39 +273,26 @@ def read_bioc(records: Iterable[dict], source: str, inventory: RelationInventory
               counts: dict | None = None) -> Iterator[Document]:
     """Documents from BioC document dicts (`iter_bioc_xml` / `iter_bioc_json`); bad ones raise or go to on_error."""
     options = AssembleOptions(unlinked=unlinked, missing_entity="drop")
-    seen: set[str] = set()
-    records = iter(records)
-    while True:
+
+    def until_broken(records: Iterable[dict]) -> Iterator[dict]:
         try:
-            d = next(records)
-        except StopIteration:
-            return
+            yield from records
         except DocumentError as err:  # the stream itself broke (XML syntax): nothing after it is readable
             if on_error is None:
                 raise
             on_error(err)
-            return
-        try:
-            raw = bioc_raw(d, source, passages, counts)
-            if raw.id in seen:
-                raise DocumentError(source, raw.where, f"duplicate document id {raw.id!r}")
-            doc = assemble(raw, source, inventory, options, counts)
-            seen.add(raw.id)
-            yield doc
-        except DocumentError as err:
-            if on_error is None:
-                raise
-            on_error(err)
+
+    def build(d: dict) -> tuple[Document, str]:
+        raw = bioc_raw(d, source, passages, counts)
+        return assemble(raw, source, inventory, options, counts), raw.where
+    yield from each_document(until_broken(records), build, source, on_error)
 
 
 # ---------------------------------------------------------------- writers
 
 def _passages_of(doc: Document) -> list[tuple[str, int, str]]:
     """(type, offset, text) passages of a document: title and abstract when the text has them."""
-    if doc.text is not None:
-        text = doc.text
-    else:
-        text = " ".join(" ".join(s) for s in doc.sentences)
+    text, _ = doc.layout()
     if doc.title and doc.text is not None and text.startswith(doc.title + " "):
         return [("title", 0, doc.title), ("abstract", len(doc.title) + 1, text[len(doc.title) + 1:])]
     if doc.title and doc.text is not None and text == doc.title:
@@ -312,28 +300,14 @@ def _passages_of(doc: Document) -> list[tuple[str, int, str]]:
     return [("abstract", 0, text)]
 
 
-def _token_chars(doc: Document) -> list[list[tuple[int, int]]]:
-    if doc.text is not None and doc.token_chars is not None:
-        return doc.token_chars
-    chars, pos = [], 0  # rebuilt text: tokens joined by single spaces, sentences too
-    for sent in doc.sentences:
-        spans = []
-        for tok in sent:
-            spans.append((pos, pos + len(tok)))
-            pos += len(tok) + 1
-        chars.append(spans)
-    return chars
-
-
 def _sentence_spans(doc: Document) -> list[tuple[int, int]]:
-    return [(toks[0][0], toks[-1][1]) for toks in _token_chars(doc) if toks]
+    return [(toks[0][0], toks[-1][1]) for toks in doc.layout()[1] if toks]
 
 
 def _mention_spans(doc: Document) -> list[tuple[int, int, str, str, list[str], list[int]]]:
     """(start, end, text, type, ids, entity indices) per distinct span, in text order."""
-    chars = _token_chars(doc)
+    text, chars = doc.layout()
     spans: dict[tuple[int, int], tuple[str, str, list[str], list[int]]] = {}
-    text = doc.text if doc.text is not None else " ".join(" ".join(s) for s in doc.sentences)
     for ei, ent in enumerate(doc.entities):
         for m in ent.mentions:
             a, b = chars[m.sent_id][m.start][0], chars[m.sent_id][m.end - 1][1]

@@ -10,7 +10,7 @@ import json
 from typing import Callable, Iterable, Iterator
 
 from .document import Document, DocumentError, Entity, Fact, Mention, RelationInventory
-from .validate import validate_document
+from .validate import bad_utf8, each_document, validate_document
 
 
 def read_rel_info(text: str) -> RelationInventory:
@@ -74,7 +74,6 @@ def _complete_elements(text: str) -> int:
 
 def _whole(text: str, source: str, skipped: int):
     """Parse a whole-file JSON value (an array, or one pretty-printed object); reject it as a whole if broken."""
-    from .pubtator import bad_utf8
     for n, line in enumerate(text.splitlines(), skipped + 1):
         if (problem := bad_utf8(line)) is not None:
             raise DocumentError(source, f"line {n}", problem)
@@ -90,9 +89,16 @@ def _whole(text: str, source: str, skipped: int):
         raise err from None
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
 def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str, object]]:
     """(where, raw object) for a JSON array or one object, or streamed line by line for JSON lines."""
-    from .pubtator import bad_utf8
     it = iter(lines.splitlines(keepends=True) if isinstance(lines, str) else lines)
     first, skipped = "", 0  # leading blank lines, so reported line numbers count from the file's start
     for first in it:
@@ -100,19 +106,12 @@ def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str,
             break
         skipped += 1
     first = first.removeprefix("\ufeff")
-    if first.lstrip().startswith("["):  # one JSON array: must be parsed whole
+    # one JSON array, or an object whose first line is not a whole JSON value (pretty-printed): parsed whole
+    if first.lstrip().startswith("[") or (first.lstrip().startswith("{") and not _is_json(first)):
         data = _whole(first + "".join(it), source, skipped)
         for i, raw in enumerate(data if isinstance(data, list) else [data]):
             yield f"document {i}", raw
         return
-    if first.lstrip().startswith("{"):
-        try:
-            json.loads(first)
-        except json.JSONDecodeError:  # not JSON lines: one pretty-printed object (or a broken file)
-            data = _whole(first + "".join(it), source, skipped)
-            for i, raw in enumerate(data if isinstance(data, list) else [data]):
-                yield f"document {i}", raw
-            return
     for n, line in enumerate(itertools.chain([first], it), skipped + 1):
         if not line.strip():
             continue
@@ -137,20 +136,12 @@ def read_docred(lines: Iterable[str] | str, source: str, inventory: RelationInve
     titles are an error. With `on_error`, bad documents are handed to it and
     skipped; otherwise the first one raises.
     """
-    seen: set[str] = set()
-    for where, raw in _records(lines, source, on_error):
+    def build(record: tuple[str, object]) -> tuple[Document, str]:
+        where, raw = record
         title = raw.get("title") if isinstance(raw, dict) else None
         where = f"{where} ({title!r})" if title is not None else where
-        try:
-            doc = _document(raw, source, where, inventory)
-            if doc.id in seen:
-                raise DocumentError(source, where, f"duplicate document id {doc.id!r}")
-            seen.add(doc.id)
-            yield doc
-        except DocumentError as err:
-            if on_error is None:
-                raise
-            on_error(err)
+        return _document(raw, source, where, inventory), where
+    yield from each_document(_records(lines, source, on_error), build, source, on_error)
 
 
 def to_docred_dict(doc: Document) -> dict:

@@ -72,6 +72,22 @@ class Document:
     def num_tokens(self) -> int:
         return sum(len(s) for s in self.sentences)
 
+    def layout(self) -> tuple[str, list[list[tuple[int, int]]]]:
+        """The text and each token's character span in it: the source's, or (DocRED, which has no raw text)
+        rebuilt from the tokens joined by single spaces, so writers of raw-text formats can place mentions."""
+        if self.text is not None and self.token_chars is not None:
+            return self.text, self.token_chars
+        text, token_chars = "", []
+        for sent in self.sentences:
+            spans = []
+            for tok in sent:
+                if text:
+                    text += " "
+                spans.append((len(text), len(text) + len(tok)))
+                text += tok
+            token_chars.append(spans)
+        return text, token_chars
+
     def to_dict(self) -> dict:
         return asdict(self)
 

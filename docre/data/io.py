@@ -166,7 +166,7 @@ def open_binary(url: str) -> IO[bytes]:
 def iter_lines(url: str, f: IO[bytes] | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) of a text file; a BOM is dropped, bytes that are not UTF-8 survive as surrogates.
 
-    Readers find those surrogates with `docre.data.pubtator.bad_utf8` and
+    Readers find those surrogates with `docre.data.validate.bad_utf8` and
     quarantine just the document they are in; a broken compressed stream
     raises DocumentError with the line and byte reached.
     """
@@ -224,12 +224,11 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
                 raise
             quarantine.append(Quarantined.of(err))
             return
-        try:
+        try:  # _read_one turns a broken byte stream into a DocumentError naming the file
             yield from post(_read_one(source, member, format, check, quarantine, options, counts, deleted))
-        except (DocumentError, *_STREAM_ERRORS) as e:
-            err = e if isinstance(e, DocumentError) else stream_error(source, e)
+        except DocumentError as err:
             if quarantine is None:
-                raise err from None
+                raise
             quarantine.append(Quarantined.of(err))
             if member is not None and getattr(err, "stream", False):
                 return  # a member's bytes broke: the archive around it is broken too, one record says so
@@ -325,7 +324,7 @@ def load_inventory(spec: str | None, docs: Iterable[Document] = ()) -> RelationI
     if spec == "cdr":
         return cdr_inventory()
     if spec:
-        with fsspec.open(spec, "rt", compression="infer", encoding="utf-8") as f:
+        with open_text(spec) as f:
             text = f.read()
         return RelationInventory.from_json(text) if '"ids"' in text else read_rel_info(text)
     return RelationInventory.from_documents(docs)

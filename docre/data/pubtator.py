@@ -19,15 +19,7 @@ from typing import Callable, Iterable, Iterator, Literal
 
 from .assemble import AssembleOptions, RawDocument, RawMention, RawRelation, assemble, split_ids
 from .document import Document, DocumentError, RelationInventory
-
-
-def bad_utf8(line: str) -> str | None:
-    """Where a line decoded with ``surrogateescape`` holds bytes that are not UTF-8, as a message."""
-    for i, ch in enumerate(line):
-        if "\udc80" <= ch <= "\udcff":
-            col = len(line[:i].encode("utf-8", "surrogateescape"))
-            return f"byte {col + 1} of the line is not valid UTF-8 (0x{ord(ch) - 0xdc00:02x})"
-    return None
+from .validate import bad_utf8, each_document
 
 
 class _Raw:
@@ -133,36 +125,15 @@ def read_pubtator(lines: Iterable[str], source: str, inventory: RelationInventor
     line ends are accepted, ids may be ``MESH:``-prefixed and joined by ``|``,
     ``;`` or ``,``, and ``-``/``-1``/empty mark unlinked mentions.
     """
-    seen: set[str] = set()
-    for item in _parse(lines, source):
-        try:
-            if item.error is None and item.pmid in seen:
-                raise DocumentError(source, f"line {item.line}, document {item.pmid!r}",
-                                    f"duplicate document id {item.pmid!r}")
-            doc = _build(item, source, unlinked, inventory, counts)
-            seen.add(item.pmid)
-            yield doc
-        except DocumentError as err:
-            if on_error is None:
-                raise
-            on_error(err)
+    def build(item: _Raw) -> tuple[Document, str]:
+        return _build(item, source, unlinked, inventory, counts), f"line {item.line}, document {item.pmid!r}"
+    yield from each_document(_parse(lines, source), build, source, on_error)
 
 
 def write_pubtator(docs: Iterable[Document]) -> Iterator[str]:
     """PubTator lines for each document; raw text is rebuilt from tokens if the source had none."""
     for doc in docs:
-        if doc.text is not None and doc.token_chars is not None:
-            text, token_chars = doc.text, doc.token_chars
-        else:
-            text, token_chars = "", []
-            for sent in doc.sentences:
-                spans = []
-                for tok in sent:
-                    if text:
-                        text += " "
-                    spans.append((len(text), len(text) + len(tok)))
-                    text += tok
-                token_chars.append(spans)
+        text, token_chars = doc.layout()
         title = doc.title if doc.title and (text == doc.title or text.startswith(doc.title + " ")) else ""
         # the reader counts offsets in title + " " + abstract: with no title, that space leads the text
         shift = 0 if title or text.startswith(" ") else 1

@@ -6,7 +6,45 @@ the document instead (see `docre.data.io.read_documents`).
 """
 from __future__ import annotations
 
+from typing import Callable, Iterable, Iterator, TypeVar
+
 from .document import Document, DocumentError, RelationInventory
+
+T = TypeVar("T")
+
+
+def bad_utf8(line: str) -> str | None:
+    """Where a line decoded with ``surrogateescape`` holds bytes that are not UTF-8, as a message.
+
+    Text readers decode that way (`docre.data.io.iter_lines`) so one bad byte
+    quarantines the document it is in, not the whole file.
+    """
+    for i, ch in enumerate(line):
+        if "\udc80" <= ch <= "\udcff":
+            col = len(line[:i].encode("utf-8", "surrogateescape"))
+            return f"byte {col + 1} of the line is not valid UTF-8 (0x{ord(ch) - 0xdc00:02x})"
+    return None
+
+
+def each_document(items: Iterable[T], build: Callable[[T], tuple[Document, str]], source: str,
+                  on_error: Callable[[DocumentError], None] | None) -> Iterator[Document]:
+    """Every reader's loop: build each record (document, where), refuse a second document with the same id.
+
+    A bad record raises DocumentError, or, with `on_error` (lenient mode), is
+    handed to it and skipped; reading goes on with the next record.
+    """
+    seen: set[str] = set()
+    for item in items:
+        try:
+            doc, where = build(item)
+            if doc.id in seen:
+                raise DocumentError(source, where, f"duplicate document id {doc.id!r}")
+            seen.add(doc.id)
+            yield doc
+        except DocumentError as err:
+            if on_error is None:
+                raise
+            on_error(err)
 
 
 def validate_document(doc: Document, source: str, inventory: RelationInventory | None = None,

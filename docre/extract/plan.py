@@ -48,6 +48,7 @@ class Part:
     input_url: str
     input_rank: int  # position of the input in the plan: later inputs supersede earlier ones (PubMed updates)
     data_url: str  # the part's tokenized Parquet
+    quarantine_url: str  # records of its range the reader refused (prepare)
     first_record: int  # records [first, end) of the input (documents and quarantined records, in file order)
     end_record: int
     docs: int  # documents in the part (rows of data_url)
@@ -129,7 +130,8 @@ def plan_parts(manifests: list[dict]) -> list[Part]:
     for rank, m in enumerate(manifests):
         for p in m["parts"]:
             parts.append(Part(p["part_id"], m["input_url"], rank, join(m["prepared_url"], p["file"]),
-                              p["first_record"], p["end_record"], p["docs"], p["quarantined"]))
+                              join(m["prepared_url"], p["quarantine_file"]), p["first_record"], p["end_record"],
+                              p["docs"], p["quarantined"]))
     return parts
 
 

@@ -93,8 +93,7 @@ def prepare_input(url: str, work_url: str, tokenizer, inventory: RelationInvento
         index = len(parts)
         part = {"part_id": f"{key}-{index:05d}", "file": f"part-{index:05d}.parquet",
                 "quarantine_file": f"quarantine-{index:05d}.parquet", "first_record": part_first,
-                "end_record": end, "docs": len(rows), "quarantined": sum(q["count"] for q in q_rows),
-                "doc_ids": len({r["doc_id"] for r in rows})}
+                "end_record": end, "docs": len(rows), "quarantined": sum(q["count"] for q in q_rows)}
         write_bytes_atomic(join(base, part["file"]), _parquet(rows, PART_SCHEMA))
         write_bytes_atomic(join(base, part["quarantine_file"]), _parquet(q_rows, PREPARE_QUARANTINE_SCHEMA))
         parts.append(part)

@@ -118,11 +118,8 @@ def evidence(doc: Document, head: int, tail: int) -> tuple[int, str]:
         a = b = both[0]
     else:
         a, b = min(((min(h, t), max(h, t)) for h in hs for t in ts), key=lambda p: (p[1] - p[0], p[0]))
-    if doc.text is not None and doc.token_chars is not None:
-        text = doc.text[doc.token_chars[a][0][0]:doc.token_chars[b][-1][1]]
-    else:
-        text = " ".join(" ".join(s) for s in doc.sentences[a:b + 1])
-    return a, text
+    text, chars = doc.layout()
+    return a, text[chars[a][0][0]:chars[b][-1][1]]
 
 
 def most_frequent_mention(doc: Document, entity: int) -> str:
@@ -178,8 +175,7 @@ def read_part(part: Part) -> tuple[list[Example], list[Document], list[dict]]:
     fs, path = fs_of(part.data_url)
     with fs.open(path, "rb") as f:
         rows = pq.read_table(f).to_pylist()
-    q_url = part.data_url.replace("/part-", "/quarantine-")
-    fs, path = fs_of(q_url)
+    fs, path = fs_of(part.quarantine_url)
     with fs.open(path, "rb") as f:
         q_rows = pq.read_table(f).to_pylist()
     return [Example.from_row(r) for r in rows], [Document.from_dict(json.loads(r["document"])) for r in rows], q_rows
@@ -300,11 +296,10 @@ def summarize(parts: list[Part], out_url: str, model_version: str | None = None,
             fs, path = fs_of(join(out_url, rel))
             with fs.open(path, "rb") as f:
                 return pq.ParquetFile(f).metadata.num_rows
-        checks = [(r.triples_file, r.triples) for r in done] + \
-                 [(r.quarantine_file, None) for r in done]
+        checks = [(r.triples_file, r.triples) for r in done]  # quarantine rows may stand for several documents
         with ThreadPoolExecutor(max_workers=16) as pool:  # footers only: many small reads on object stores
             counted = list(pool.map(rows, [rel for rel, _ in checks]))
-        mismatched = [rel for (rel, want), n in zip(checks, counted) if want is not None and n != want]
+        mismatched = [rel for (rel, want), n in zip(checks, counted) if n != want]
     totals = {k: sum(getattr(r, k) for r in done) for k in ("docs_in", "docs_out", "quarantined", "triples")}
     workers: dict[str, dict] = {}
     for r in done:
