@@ -44,6 +44,7 @@ class TrainConfig(BaseModel):
     out_dir: str
     stages: list[Literal[1, 2]] = [1, 2]
     pretrain: bool = True  # False: ablation "w/o pre-training" (stage 2 starts from the raw encoder)
+    init_from: str | None = None  # stage 2 starts from this checkpoint instead of out_dir/stage1/best
     stage1: StageConfig = StageConfig(epochs=20, batch_size=4, lr_encoder=1e-5, lr_head=5e-5)
     stage2: StageConfig = StageConfig(epochs=10, batch_size=4, lr_encoder=1e-6, lr_head=5e-5)
     model: dict = Field(default_factory=dict)  # ModelConfig fields
@@ -275,6 +276,32 @@ def _peak_memory_mb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+# model settings that shape or train the base module: stage 2 cannot change them on a stage-1 checkpoint
+BASE_KEYS = ("encoder", "num_relations", "feature_dim", "emb_dim", "base_head", "bilinear_block")
+
+
+def stage2_start(source: Path, overrides: dict, seed: int, device: torch.device) -> DocREModel:
+    """The model stage 2 starts from: the stage-1 checkpoint at `source`, with the stage-2 settings of
+    `overrides` (noise, queries, losses...). When they change the model, the base module's weights are
+    kept and the inference module starts afresh (seeded), so several stage-2 variants can share one
+    stage-1 run."""
+    model = DocREModel.from_pretrained(source, device)
+    current = model.config.to_dict()
+    merged = current | {k: v for k, v in overrides.items() if k != "inference"}
+    merged["inference"] = current["inference"] | dict(overrides.get("inference") or {})
+    if merged == current:
+        return model
+    changed = [k for k in BASE_KEYS if merged[k] != current[k]]
+    if changed:
+        raise ValueError(f"stage 2 cannot change the base module of {source}: {changed} differ")
+    torch.manual_seed(seed + 2)
+    config = ModelConfig.from_dict(merged)
+    fresh = DocREModel(config, model.base.encoder.model, model.tokenizer)
+    fresh.base.load_state_dict(model.base.state_dict())
+    fresh.inventory = model.inventory
+    return fresh.to(device)
+
+
 def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
           on_step: Callable[[dict], None] | None = None, step_every: int = 0) -> list[StageResult]:
     """Run the configured stages; stage 2 starts from stage 1's best checkpoint (unless pretrain=False)."""
@@ -294,10 +321,11 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     stage1_best = Path(cfg.out_dir) / "stage1" / "best"
     for stage in cfg.stages:
         if stage == 2 and cfg.pretrain:
-            if not (stage1_best / "config.json").exists():
-                raise FileNotFoundError(f"stage 2 starts from stage 1's best checkpoint, and {stage1_best} has "
+            source = Path(cfg.init_from) if cfg.init_from else stage1_best
+            if not (source / "config.json").exists():
+                raise FileNotFoundError(f"stage 2 starts from stage 1's best checkpoint, and {source} has "
                                         f"none: run stage 1 first, or set pretrain: false (ablation)")
-            model = DocREModel.from_pretrained(stage1_best, device)
+            model = stage2_start(source, cfg.model, cfg.seed, device)
         elif model is None:
             model = DocREModel.create(ModelConfig(**cfg.model), inventory).to(device)
         results.append(train_stage(cfg, stage, model, train_split, dev_split, on_epoch,

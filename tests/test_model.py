@@ -210,6 +210,12 @@ VARIANTS = {
     "no_stage2_base_loss": ({"stage2_base_loss": False}, {}),
     "shared_ffn": ({}, {"shared_ffn": True}),
     "batchnorm_predictor": ({}, {"predictor_norm": "batch"}),
+    "joint_queries": ({}, {"queries": "joint"}),
+    "self_key": ({}, {"self_key": True}),
+    "noise_candidate_pairs": ({"noise": "candidate_pairs", "r0_dropout": True}, {}),
+    "noise_release_gold": ({"noise": "release_gold"}, {}),
+    "release_loss_weights": ({"loss_weights": "release"}, {}),
+    "bilinear_base": ({"base_head": "bilinear", "emb_dim": 32, "bilinear_block": 8}, {}),
 }
 
 

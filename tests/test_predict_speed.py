@@ -162,6 +162,10 @@ VARIANTS = {
     "no_fusion": {"inference": {"fusion": False}},
     "sum_output": {"output": "sum"},
     "one_layer": {"inference": {"num_layers": 1}},
+    "joint_queries": {"inference": {"queries": "joint"}},
+    "self_key": {"inference": {"self_key": True}},
+    "full_attention_own_queries": {"inference": {"attention": "full", "queries": "own"}},
+    "bilinear_base": {"base_head": "bilinear", "emb_dim": 32, "bilinear_block": 8},
 }
 
 

@@ -262,3 +262,33 @@ def test_incomplete_accumulation_group_is_not_scaled_down(dataset, tiny_encoder,
     # the lone last batch of the accumulated run is one of the single-batch steps, unscaled
     last = grads_accum[-1]
     assert any(all(torch.allclose(last[k], g[k], atol=1e-6, rtol=1e-4) for k in last) for g in grads_single)
+
+
+# ------------------------------------------------------------------------------------------ ablation runner
+def test_ablation_runner_shares_one_stage1(dataset, tiny_encoder, tmp_path):
+    """bench/ablation.py: stage-2 variants start from the one stage-1 checkpoint, rerunning skips
+    finished runs, and the report has one row per variant with F1 at every K."""
+    import subprocess
+    import sys
+
+    import yaml
+    root = Path(__file__).parent.parent
+    cfg = config(dataset, tiny_encoder, tmp_path / "abl", stages=[1])
+    train(cfg)
+    path = tmp_path / "abl.yaml"
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    cmd = [sys.executable, str(root / "bench" / "ablation.py")]
+    subprocess.run(cmd + ["run", str(path), "default", "before"], check=True, cwd=root)
+    for name, noise, queries in (("default", "predicted_relations", "own"), ("before", "candidate_pairs", "joint")):
+        saved = json.loads((tmp_path / "abl" / f"{name}-s7" / "stage2" / "best" / "config.json").read_text())
+        assert (saved["noise"], saved["inference"]["queries"]) == (noise, queries)
+        run_cfg = yaml.safe_load((tmp_path / "abl" / f"{name}-s7" / "ablation_config.yaml").read_text())
+        assert run_cfg["init_from"] == str(tmp_path / "abl" / "stage1" / "best") and run_cfg["stages"] == [2]
+    again = subprocess.run(cmd + ["run", str(path), "default"], check=True, cwd=root, capture_output=True, text=True)
+    assert "default seed 7: done" in again.stdout
+    out = subprocess.run(cmd + ["report", str(path), "--json", str(tmp_path / "r.json")], check=True, cwd=root,
+                         capture_output=True, text=True).stdout
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["variant"] for r in rows] == ["stage 1 (shared base)", "default", "before"]
+    assert all({"K0", "K1", "K2", "gain", "w_feature", "w_relation"} <= set(r) for r in rows[1:])
+    assert "| default | 7 | 1 |" in out

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .encoder import WindowedEncoder
+from .inference import linear_fp32
 
 
 @dataclass
@@ -113,7 +114,8 @@ class BaseHeadPlan(nn.Module):
             self.ent_proj.bias.copy_(torch.cat([base.head_extractor.bias, base.tail_extractor.bias]))
             self.ctx_proj = nn.Linear(D, 2 * E, bias=False).to(w_s)
             self.ctx_proj.weight.copy_(torch.cat([w_s[:, D:], w_o[:, D:]]))
-        self.pair_fnn = base.pair_fnn
+        # a submodule (not base.pair_features) so that int8 quantization of the plan reaches it
+        self.pair = base.pair_fnn if hasattr(base, "pair_fnn") else base.bilinear
         self.classifier = base.classifier
 
     def forward(self, ent: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,22 +125,51 @@ class BaseHeadPlan(nn.Module):
         z = self.ctx_proj(ctx)  # [B, N, N, 2E]
         z[..., :E] += e[:, :, None, :E]  # head s = row
         z[..., E:] += e[:, None, :, E:]  # tail o = column
-        features = self.pair_fnn(torch.tanh_(z))
-        return features, self.classifier(features)
+        features = self.pair(torch.tanh_(z))
+        return features, linear_fp32(self.classifier, features)
+
+
+class GroupBilinear(nn.Module):
+    """ATLOP's grouped bilinear pair map (the authors' release), as an alternative to the paper's FNN:
+    z_s and z_o are cut into blocks of `block`, the outer product is taken block by block, and a linear
+    layer maps the E x block products to F_0 (eq. 4's classifier then reads F_0 as usual)."""
+
+    def __init__(self, emb_dim: int, feature_dim: int, block: int = 64):
+        super().__init__()
+        if emb_dim % block:
+            raise ValueError(f"bilinear base: emb_dim {emb_dim} is not a multiple of the block size {block}")
+        self.E, self.block = emb_dim, block
+        self.proj = nn.Linear(emb_dim * block, feature_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z = [z_s, z_o] [..., 2E] -> [..., feature_dim]."""
+        E, k = self.E, self.block
+        zs = z[..., :E].unflatten(-1, (E // k, k))
+        zo = z[..., E:].unflatten(-1, (E // k, k))
+        return self.proj((zs[..., :, None] * zo[..., None, :]).flatten(-3))
 
 
 class BaseModule(nn.Module):
     def __init__(self, encoder: WindowedEncoder, num_relations: int, feature_dim: int = 256,
-                 emb_dim: int | None = None, dropout: float = 0.1):
+                 emb_dim: int | None = None, dropout: float = 0.1, head: str = "fnn", block: int = 64):
         super().__init__()
         self.encoder = encoder
         D = encoder.hidden_size
         emb_dim = emb_dim or D
         self.head_extractor = nn.Linear(2 * D, emb_dim)  # W_s (eq. 2)
         self.tail_extractor = nn.Linear(2 * D, emb_dim)  # W_o (eq. 3)
-        self.pair_fnn = nn.Sequential(nn.Linear(2 * emb_dim, feature_dim), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(feature_dim, feature_dim))  # FNN (eq. 2-3)
+        if head == "fnn":
+            self.pair_fnn = nn.Sequential(nn.Linear(2 * emb_dim, feature_dim), nn.GELU(), nn.Dropout(dropout),
+                                          nn.Linear(feature_dim, feature_dim))  # FNN (eq. 2-3)
+        elif head == "bilinear":
+            self.bilinear = GroupBilinear(emb_dim, feature_dim, block)
+        else:
+            raise ValueError(f"base head must be 'fnn' or 'bilinear', got {head!r}")
         self.classifier = nn.Linear(feature_dim, num_relations)  # W_r, b_r (eq. 4)
+
+    def pair_features(self, z: torch.Tensor) -> torch.Tensor:
+        """F_0 from z = [tanh(W_s[h_s, c]), tanh(W_o[h_o, c])] (eq. 2-3): the paper's FNN or the group bilinear."""
+        return self.pair_fnn(z) if hasattr(self, "pair_fnn") else self.bilinear(z)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 mention_pos: list[list[list[int]]]) -> BaseOutput:
@@ -156,8 +187,8 @@ class BaseModule(nn.Module):
         tails = ent[:, None, :].expand(-1, n_max, -1, -1)
         zs = torch.tanh(self.head_extractor(torch.cat([heads, ctx], -1)))
         zo = torch.tanh(self.tail_extractor(torch.cat([tails, ctx], -1)))
-        features = self.pair_fnn(torch.cat([zs, zo], -1))
-        logits = self.classifier(features)
+        features = self.pair_features(torch.cat([zs, zo], -1))
+        logits = linear_fp32(self.classifier, features)  # float32 under any autocast
         mask = torch.zeros(B, n_max, dtype=torch.bool, device=input_ids.device)
         for b, m in enumerate(mention_pos):
             mask[b, :len(m)] = True

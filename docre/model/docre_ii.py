@@ -20,7 +20,8 @@ from ..data.document import Document, RelationInventory
 from .base import BaseHeadPlan, BaseModule, BaseOutput
 from .encoder import WindowedEncoder, load_encoder
 from .inference import (ExtendedCrossAttention, InferenceConfig, InferenceModule, InferencePlan, inject_noise,
-                        pair_mask_from_entities, reversed_view, sample_noise_rate, simclr_loss, simsiam_loss)
+                        inject_noise_predicted, inject_noise_release, pair_mask_from_entities, reversed_view,
+                        sample_noise_rate, simclr_loss, simsiam_loss)
 from .losses import adaptive_threshold_loss, threshold_decode
 
 
@@ -41,11 +42,19 @@ class ModelConfig:
     iterations: int = 3  # K at prediction time
     output: Literal["last", "sum"] = "last"  # paper: P^(K); release: sum of base + all iteration logits
     relation_source: Literal["predicted", "gold"] = "predicted"  # stage-2 R_0: base argmax (paper) / gold (release)
+    # stage-2 noise on R_0 (Sec. 2.3), see inference.py: "candidate_pairs" r of all candidate entries;
+    # "predicted_relations" r of the predicted relations + as many predicted-NA pairs; "release_gold" the
+    # release's corruption of gold labels (its own rates; implies gold R_0)
+    noise: Literal["candidate_pairs", "predicted_relations", "release_gold"] = "predicted_relations"
     noise_low: float = 0.0
     noise_high: float = 0.4  # r ~ U(noise_low, noise_high)
+    r0_dropout: bool = False  # stage-2 R_0 from the base's dropout-noisy training forward (before this option)
     contrastive: Literal["simsiam", "simclr", "none"] = "simsiam"
-    contrastive_weight: float = 1.0
+    contrastive_weight: float = 1.0  # weight of L_C next to L_R ("paper" loss weights)
+    loss_weights: Literal["paper", "release"] = "paper"  # release: (L_inf/10 + L_inf2/10 + L_base/10 + L_C) / 2
     stage2_base_loss: bool = True  # keep the adaptive-threshold loss on the base logits in stage 2
+    base_head: Literal["fnn", "bilinear"] = "fnn"  # FNN of eq. 2-3 (paper) / ATLOP's group bilinear (release)
+    bilinear_block: int = 64
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
@@ -59,11 +68,21 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "ModelConfig":
+        """A saved config. Keys it lacks take the value the code had before the key existed, so a
+        checkpoint trained then loads as the variant it is (see `LEGACY`)."""
         known = {f.name for f in fields(ModelConfig)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        d = {k: v for k, v in LEGACY.items() if k not in d} | d
+        inference = dict(d.get("inference") or {})
+        d["inference"] = {k: v for k, v in LEGACY_INFERENCE.items() if k not in inference} | inference
         return ModelConfig(**d)
+
+
+# what a config saved before each key existed meant (the defaults then)
+LEGACY = {"noise": "candidate_pairs", "r0_dropout": True}
+LEGACY_INFERENCE = {"queries": "joint"}
 
 
 @dataclass
@@ -98,7 +117,8 @@ class DocREModel(nn.Module):
         self.tokenizer = tokenizer
         windowed = WindowedEncoder(encoder, tokenizer.cls_token_id, tokenizer.sep_token_id,
                                    tokenizer.pad_token_id or 0)
-        self.base = BaseModule(windowed, config.num_relations, config.feature_dim, config.emb_dim, config.dropout)
+        self.base = BaseModule(windowed, config.num_relations, config.feature_dim, config.emb_dim, config.dropout,
+                               config.base_head, config.bilinear_block)
         self.inference = InferenceModule(config.inference)
         self.inventory: RelationInventory | None = None
         self.int8 = False  # set by `quantize_int8`: prediction only
@@ -158,44 +178,69 @@ class DocREModel(nn.Module):
         return loss, {"loss_base": loss.item()}
 
     def relation_ids(self, out: BaseOutput, batch: Batch) -> torch.Tensor:
-        """Label ids [B, N, N] that R_0 is built from in stage 2 (argmax of the base, or gold)."""
-        if self.config.relation_source == "gold":
-            ids = batch.labels.argmax(-1)  # first positive label; 0 when none
+        """Label ids [B, N, N] that R_0 is built from in stage 2: gold (release), or the base module's
+        argmax. The paper's R_0 is the base's *prediction*, so unless `r0_dropout` it comes from a
+        forward without dropout (the encoder still trains on the dropout forward `out`)."""
+        cfg = self.config
+        if cfg.relation_source == "gold" or cfg.noise == "release_gold":
+            ids = batch.labels.float().argmax(-1)  # first positive label; 0 when none
         else:
-            ids = restrict_to_candidates(out.logits.detach(), batch.candidate_mask).argmax(-1)
+            logits = out.logits.detach()
+            if not cfg.r0_dropout and self.base.training:
+                with torch.no_grad():
+                    self.base.eval()
+                    try:
+                        logits = self.run_base(batch).logits
+                    finally:
+                        self.base.train()
+            ids = restrict_to_candidates(logits.float(), batch.candidate_mask).argmax(-1)
         return ids.masked_fill(~batch.candidate_mask, 0)
 
+    def noisy_relations(self, ids: torch.Tensor, cand: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One noised copy of the stage-2 label ids (Sec. 2.3), by the configured `noise` variant."""
+        cfg = self.config
+        if cfg.noise == "release_gold":
+            return inject_noise_release(ids, cand, cfg.num_relations, generator)
+        rate = sample_noise_rate(generator, cfg.noise_low, cfg.noise_high)
+        if cfg.noise == "predicted_relations":
+            return inject_noise_predicted(ids, rate, cand, cfg.num_relations, generator)
+        return inject_noise(ids, rate, cand, cfg.num_relations, generator)
+
     def stage2_loss(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Stage 2 (Sec. 2.3): one-pass correction of noised base predictions + contrastive loss (eq. 14)."""
+        """Stage 2 (Sec. 2.3): one-pass correction of noised base predictions + contrastive loss (eq. 14).
+
+        "paper" weights: L_inf + L_base + contrastive_weight x L_C. "release" weights, as the authors'
+        code: (L_inf/10 + L_inf2/10 + L_base/10 + L_C)/2, L_inf2 being the threshold loss of the
+        second (reversed) view."""
         cfg = self.config
         out = self.run_base(batch)
         cand, labels, emask = batch.candidate_mask, batch.labels, out.entity_mask
         ids = self.relation_ids(out, batch)
         f0 = out.features
-        r_bar_ids = inject_noise(ids, sample_noise_rate(generator, cfg.noise_low, cfg.noise_high), cand,
-                                 cfg.num_relations, generator)
-        r_bar = self.inference.relation_matrix(r_bar_ids, emask)
+        r_bar = self.inference.relation_matrix(self.noisy_relations(ids, cand, generator), emask)
         logits_bar, m_bar = self.inference(f0, r_bar, emask)
-        loss_inf = adaptive_threshold_loss(logits_bar[cand], labels[cand])
-        parts = {"loss_inference": loss_inf.item()}
-        loss = loss_inf
+        losses = {"loss_inference": adaptive_threshold_loss(logits_bar[cand], labels[cand])}
         if cfg.stage2_base_loss:
-            loss_base = adaptive_threshold_loss(out.logits[cand], labels[cand])
-            loss = loss + loss_base
-            parts["loss_base"] = loss_base.item()
+            losses["loss_base"] = adaptive_threshold_loss(out.logits[cand], labels[cand])
         if cfg.contrastive != "none":
-            r_hat_ids = inject_noise(ids, sample_noise_rate(generator, cfg.noise_low, cfg.noise_high), cand,
-                                     cfg.num_relations, generator)
-            r_hat = self.inference.relation_matrix(r_hat_ids, emask)
+            r_hat = self.inference.relation_matrix(self.noisy_relations(ids, cand, generator), emask)
             m_hat = reversed_view(self.inference, f0, r_hat, emask)
             pair_mask = pair_mask_from_entities(emask)
             if cfg.contrastive == "simsiam":
-                loss_c = simsiam_loss(self.inference.predictor, m_bar, m_hat, pair_mask)
+                losses["loss_contrastive"] = simsiam_loss(self.inference.predictor, m_bar, m_hat, pair_mask)
             else:
-                loss_c = simclr_loss(m_bar, m_hat, pair_mask)
-            loss = loss + cfg.contrastive_weight * loss_c
-            parts["loss_contrastive"] = loss_c.item()
-        return loss, parts
+                losses["loss_contrastive"] = simclr_loss(m_bar, m_hat, pair_mask)
+            if cfg.loss_weights == "release":
+                logits_hat = self.inference.classifier_logits(m_hat)
+                losses["loss_inference2"] = adaptive_threshold_loss(logits_hat[cand], labels[cand])
+        if cfg.loss_weights == "release":
+            loss = sum(v / 10 for k, v in losses.items() if k != "loss_contrastive")
+            loss = (loss + losses.get("loss_contrastive", 0.0)) / 2
+        else:
+            loss = sum(v for k, v in losses.items() if k != "loss_contrastive")
+            if "loss_contrastive" in losses:
+                loss = loss + cfg.contrastive_weight * losses["loss_contrastive"]
+        return loss, {k: v.item() for k, v in losses.items()}
 
     @torch.no_grad()
     def iteration_logits(self, batch: Batch, iterations: int | None = None) -> list[torch.Tensor]:
@@ -215,9 +260,10 @@ class DocREModel(nn.Module):
         return steps
 
     def final_logits(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        """P^(K) (paper) or the release's sum of base + all iterations, in float32 whatever the compute dtype."""
         if self.config.output == "sum" and len(steps) > 1:
-            return torch.stack(steps).sum(0)
-        return steps[-1]
+            return torch.stack([s.float() for s in steps]).sum(0)
+        return steps[-1].float()
 
     # ----------------------------------------------------------------- prediction
     def quantize_int8(self) -> "DocREModel":

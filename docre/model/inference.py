@@ -37,8 +37,11 @@ __all__ = [
     "InferenceLayer",
     "InferenceModule",
     "InferencePlan",
+    "classifier_weight_shares",
     "SimSiamPredictor",
     "inject_noise",
+    "inject_noise_predicted",
+    "inject_noise_release",
     "noise_count",
     "sample_noise_rate",
     "simsiam_loss",
@@ -73,6 +76,14 @@ class InferenceConfig:
                      ``None`` means ``hidden``.
     predictor_norm:  normalisation inside the predictor: ``"layer"`` (default), ``"batch"`` (the
                      release's choice) or ``"none"``.
+    queries:         where each attention unit takes its queries from: ``"own"`` (the unit's own
+                     matrix: F for the feature-level unit, R for the relation-level unit; keys and
+                     values from M = [F, R]; the paper's feature-level / "likewise" relation-level
+                     inference and the release) or ``"joint"`` (queries from M as well, so both
+                     units see identical inputs; checkpoints from before this option).
+    self_key:        every head also attends to the pair's own cell as one extra key (the
+                     release's gather of row/column + the pair itself); rows s and columns o
+                     already hold (s, o), so this matters for heads 3 and 4.
     """
 
     hidden: int = 256
@@ -86,6 +97,8 @@ class InferenceConfig:
     relation_matrix: Literal["argmax", "multihot"] = "argmax"
     predictor_dim: Optional[int] = None
     predictor_norm: Literal["layer", "batch", "none"] = "layer"
+    queries: Literal["own", "joint"] = "own"
+    self_key: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden % NUM_ECA_HEADS != 0:
@@ -96,10 +109,18 @@ class InferenceConfig:
             raise ValueError(f"relation_matrix must be 'argmax' or 'multihot', got {self.relation_matrix!r}")
         if self.predictor_norm not in ("layer", "batch", "none"):
             raise ValueError(f"predictor_norm must be layer/batch/none, got {self.predictor_norm!r}")
+        if self.queries not in ("own", "joint"):
+            raise ValueError(f"queries must be 'own' or 'joint', got {self.queries!r}")
         if self.num_relations < 2:
             raise ValueError("num_relations counts class 0 and needs at least one real relation")
         if self.num_layers < 1:
             raise ValueError("num_layers must be >= 1")
+
+
+def linear_fp32(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` computed in float32 even inside a bf16 autocast region (classifier heads)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
 
 
 def pair_mask_from_entities(entity_mask: Tensor) -> Tensor:
@@ -131,15 +152,20 @@ def _additive_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
 # attention units
 # ---------------------------------------------------------------------------------------------
 class _FourHeadProjections(nn.Module):
-    """Q, K, V and W_O of a four-head attention unit over pair representations (shared by ECA and its ablation)."""
+    """Q, K, V and W_O of a four-head attention unit over pair representations (shared by ECA and its ablation).
 
-    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0):
+    ``query_dim`` is the size of the matrix queries come from: ``in_dim`` (M itself) or d (the unit's
+    own F or R, see ``InferenceConfig.queries``); keys and values always come from M."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.0, query_dim: Optional[int] = None,
+                 self_key: bool = False):
         super().__init__()
         if hidden % NUM_ECA_HEADS != 0:
             raise ValueError(f"hidden={hidden} must be divisible by {NUM_ECA_HEADS}")
         self.hidden = hidden
         self.head_dim = hidden // NUM_ECA_HEADS
-        self.q_proj = nn.Linear(in_dim, hidden)
+        self.self_key = self_key
+        self.q_proj = nn.Linear(query_dim or in_dim, hidden)
         self.k_proj = nn.Linear(in_dim, hidden)
         self.v_proj = nn.Linear(in_dim, hidden)
         self.o_proj = nn.Linear(hidden, hidden)  # W_O of eq. 7
@@ -188,15 +214,19 @@ class ExtendedCrossAttention(_FourHeadProjections):
         out = torch.stack(parts, dim=2)  # [B, N(g), 4, N(pos), dh]
         return out.reshape(b * n, NUM_ECA_HEADS, n, x.shape[-1])
 
-    def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False):
-        """Eq. 5-7. Returns ``[B, N, N, d]`` (and, when ``return_weights``, a dense
+    def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False, query: Optional[Tensor] = None):
+        """Eq. 5-7. ``query`` is the matrix queries come from (the unit's own F or R; ``None``: M).
+        Returns ``[B, N, N, d]`` (and, when ``return_weights``, a dense
         ``[B, 4, N*N, N*N]`` map: weight of query cell ``s*N+o`` on key cell ``s'*N+o'`` per head;
         this path materialises the scores explicitly and is meant for small N only)."""
+        qin = m if query is None else query
         if not return_weights:
-            return self.attend(self.q_proj(m), self.k_proj(m), self.v_proj(m), entity_mask)
+            return self.attend(self.q_proj(qin), self.k_proj(m), self.v_proj(m), entity_mask)
+        if self.self_key:
+            raise NotImplementedError("return_weights is not available with self_key")
         b, n = m.shape[0], m.shape[1]
         dh = self.head_dim
-        q = self._arrange(self.q_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
+        q = self._arrange(self.q_proj(qin).view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
         k = self._arrange(self.k_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
         v = self._arrange(self.v_proj(m).view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
 
@@ -235,11 +265,20 @@ class ExtendedCrossAttention(_FourHeadProjections):
         ``(additive key mask [B*N, 1, 1, N], pair mask [B, N, N, 1] as floats)`` (see :meth:`masks`)."""
         b, n = q.shape[0], q.shape[1]
         dh = self.head_dim
+        k_cells, v_cells = k, v
         q = self._arrange(q.view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
         k = self._arrange(k.view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
         v = self._arrange(v.view(b, n, n, NUM_ECA_HEADS, dh), keys=True)
         add_mask, pm = masks if masks is not None else self.masks(entity_mask, q.dtype)
-        out = Fn.scaled_dot_product_attention(q, k, v, attn_mask=add_mask)
+        if self.self_key:
+            # the pair's own cell as one more key: it sits in the query layout, not on the line
+            k_self = self._arrange(k_cells.view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
+            v_self = self._arrange(v_cells.view(b, n, n, NUM_ECA_HEADS, dh), keys=False)
+            scores = torch.cat([q @ k.transpose(-1, -2) + add_mask, (q * k_self).sum(-1, keepdim=True)], -1)
+            w = (scores / math.sqrt(dh)).softmax(-1)
+            out = w[..., :n] @ v + w[..., n:] * v_self
+        else:
+            out = Fn.scaled_dot_product_attention(q, k, v, attn_mask=add_mask)
         out = out.view(b, n, NUM_ECA_HEADS, n, dh)  # [B, g, head, i, dh]
         merged = torch.cat([out[:, :, 0], out[:, :, 1].transpose(1, 2), out[:, :, 2],
                             out[:, :, 3].transpose(1, 2)], dim=-1)  # [B, N, N, d]  (Concat of eq. 7)
@@ -282,17 +321,20 @@ class FullPairAttention(_FourHeadProjections):
     Same interface as :class:`ExtendedCrossAttention`; scores are ``[B, 4, N^2, N^2]``, so this
     variant costs N^4 memory and is meant for the ablation only."""
 
-    def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False):
-        """Returns ``[B, N, N, d]`` (and dense ``[B, 4, N*N, N*N]`` weights when asked)."""
+    def forward(self, m: Tensor, entity_mask: Tensor, return_weights: bool = False, query: Optional[Tensor] = None):
+        """Returns ``[B, N, N, d]`` (and dense ``[B, 4, N*N, N*N]`` weights when asked); ``query`` as in
+        :meth:`ExtendedCrossAttention.forward`. Every pair already attends to itself here, so
+        ``self_key`` changes nothing."""
+        qin = m if query is None else query
         if not return_weights:
-            return self.attend(self.q_proj(m), self.k_proj(m), self.v_proj(m), entity_mask)
+            return self.attend(self.q_proj(qin), self.k_proj(m), self.v_proj(m), entity_mask)
         b, n = m.shape[0], m.shape[1]
         dh = self.head_dim
 
         def heads(x: Tensor) -> Tensor:
             return x.view(b, n * n, NUM_ECA_HEADS, dh).transpose(1, 2)  # [B, 4, N^2, dh]
 
-        q, k, v = heads(self.q_proj(m)), heads(self.k_proj(m)), heads(self.v_proj(m))
+        q, k, v = heads(self.q_proj(qin)), heads(self.k_proj(m)), heads(self.v_proj(m))
         pair_mask = pair_mask_from_entities(entity_mask)
         add_mask = _additive_mask(pair_mask.reshape(b, 1, 1, n * n), q.dtype)
         weights = None
@@ -350,16 +392,19 @@ class FeedForward(nn.Module):
 class InferenceLayer(nn.Module):
     """One inference layer, eq. 5-11.
 
-    Two attention units (feature-level and relation-level), both reading ``M_l = [F_l, R_l]``
-    (eq. 5-7), give F~ and R~; the fusion sub-layer (eq. 8-9) gates them into M~; the residual
+    Two attention units (feature-level and relation-level) give F~ and R~ (eq. 5-7): keys and values
+    come from ``M_l = [F_l, R_l]``, queries from the unit's own F_l or R_l (``queries="own"``) or from
+    ``M_l`` too (``"joint"``); the fusion sub-layer (eq. 8-9) gates them into M~; the residual
     updates of eq. 10-11 produce ``F_{l+1}`` and ``R_{l+1}``."""
 
     def __init__(self, cfg: InferenceConfig):
         super().__init__()
         d = cfg.hidden
         attn_cls = ExtendedCrossAttention if cfg.attention == "eca" else FullPairAttention
-        self.feature_attn = attn_cls(2 * d, d, cfg.dropout)
-        self.relation_attn = attn_cls(2 * d, d, cfg.dropout)
+        self.own_queries = cfg.queries == "own"
+        query_dim = d if self.own_queries else 2 * d
+        self.feature_attn = attn_cls(2 * d, d, cfg.dropout, query_dim, cfg.self_key)
+        self.relation_attn = attn_cls(2 * d, d, cfg.dropout, query_dim, cfg.self_key)
         self.use_fusion = cfg.fusion
         self.gate = nn.Linear(2 * d, d) if cfg.fusion else None  # W_g, b_g of eq. 8
         ffn_dim = cfg.ffn_dim or 2 * d
@@ -388,9 +433,9 @@ class InferenceLayer(nn.Module):
 
     def forward(self, f: Tensor, r: Tensor, entity_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. 5-11: ``(F_l, R_l) -> (F_{l+1}, R_{l+1})``."""
-        m = torch.cat([f, r], dim=-1)  # M_l = [F_l, R_l]
-        f_tilde = self.feature_attn(m, entity_mask)  # eq. 5-7, feature-level ECA
-        r_tilde = self.relation_attn(m, entity_mask)  # eq. 5-7, relation-level ECA
+        m = torch.cat([f, r], dim=-1)  # M_l = [F_l, R_l]: keys and values of both units
+        f_tilde = self.feature_attn(m, entity_mask, query=f if self.own_queries else None)  # feature-level ECA
+        r_tilde = self.relation_attn(m, entity_mask, query=r if self.own_queries else None)  # relation-level ECA
         return self.update(f, r, f_tilde, r_tilde)
 
 
@@ -486,7 +531,12 @@ class InferenceModule(nn.Module):
 
     def classify(self, f: Tensor, r: Tensor) -> Tensor:
         """Classifier, eq. 12: logits ``W_c [F_NI, R_NI] + b_c`` (sigmoid left to loss/decoder)."""
-        return self.classifier(torch.cat([f, r], dim=-1))
+        return self.classifier_logits(torch.cat([f, r], dim=-1))
+
+    def classifier_logits(self, m: Tensor) -> Tensor:
+        """Eq. 12 on a concatenated ``[F, R]``, in float32 whatever the autocast dtype: the next
+        iteration's argmax and the decoder's threshold comparison must not flip on bf16 near-ties."""
+        return linear_fp32(self.classifier, m)
 
     def forward(self, f: Tensor, r: Tensor, entity_mask: Tensor) -> tuple[Tensor, Tensor]:
         """One pass (one iteration k): N_I layers (eq. 5-11) then eq. 12.
@@ -512,6 +562,29 @@ class InferenceModule(nn.Module):
         return outputs
 
 
+def classifier_weight_shares(module: InferenceModule) -> dict[str, float]:
+    """Paper Figure 5 / Sec. 3.6: the average absolute weight of eq. 12's classifier W_c on the feature
+    half ``F_NI`` and on the relation half ``R_NI`` of its input -- how much the prediction leans on
+    each matrix (the paper: 0.045 vs 0.007 without the contrastive loss, 0.026 vs 0.023 with it)."""
+    d = module.cfg.hidden
+    w = module.classifier.weight.detach().abs().float()
+    return {"feature": w[:, :d].mean().item(), "relation": w[:, d:].mean().item()}
+
+
+def _fused_qkv(layer: InferenceLayer, d: int) -> tuple[Tensor, Tensor]:
+    """Q, K, V of both attention units of a layer as one ``[6d, 2d]`` map of ``M = [F, R]`` (and its bias).
+    Queries from the unit's own matrix become maps of M that are zero on the other half."""
+    weights, biases = [], []
+    for unit, half in ((layer.feature_attn, 0), (layer.relation_attn, 1)):
+        q = unit.q_proj.weight
+        if q.shape[1] == d:  # own queries: F (half 0) or R (half 1)
+            z = torch.zeros_like(q)
+            q = torch.cat([q, z] if half == 0 else [z, q], dim=1)
+        weights += [q, unit.k_proj.weight, unit.v_proj.weight]
+        biases += [unit.q_proj.bias, unit.k_proj.bias, unit.v_proj.bias]
+    return torch.cat(weights), torch.cat(biases)
+
+
 class InferencePlan(nn.Module):
     """Prediction-time form of an :class:`InferenceModule` (eval only; same math, less work).
 
@@ -532,12 +605,8 @@ class InferencePlan(nn.Module):
         self.classifier = module.classifier
         self.emb = module.emb
         self.module_cfg = module.cfg
-        units = lambda layer: [layer.feature_attn.q_proj, layer.feature_attn.k_proj, layer.feature_attn.v_proj,
-                               layer.relation_attn.q_proj, layer.relation_attn.k_proj, layer.relation_attn.v_proj]
         with torch.no_grad():
-            first = units(module.layers[0])
-            w = torch.cat([lin.weight for lin in first])  # [6d, 2d]
-            bias = torch.cat([lin.bias for lin in first])
+            w, bias = _fused_qkv(module.layers[0], d)  # [6d, 2d], [6d]
             self.first_f = nn.Linear(d, 6 * d).to(w)
             self.first_f.weight.copy_(w[:, :d])
             self.first_f.bias.copy_(bias)
@@ -546,10 +615,10 @@ class InferencePlan(nn.Module):
             self.register_buffer("table", module.emb.weight @ w[:, d:].t(), persistent=False)  # [C, 6d]
             self.qkv = nn.ModuleList()
             for layer in module.layers[1:]:
-                lins = units(layer)
+                lw, lb = _fused_qkv(layer, d)
                 fused = nn.Linear(2 * d, 6 * d).to(w)
-                fused.weight.copy_(torch.cat([lin.weight for lin in lins]))
-                fused.bias.copy_(torch.cat([lin.bias for lin in lins]))
+                fused.weight.copy_(lw)
+                fused.bias.copy_(lb)
                 self.qkv.append(fused)
 
     def first_features(self, f0: Tensor) -> Tensor:
@@ -579,7 +648,7 @@ class InferencePlan(nn.Module):
             f_tilde = layer.feature_attn.attend(qf, kf, vf, entity_mask, masks)
             r_tilde = layer.relation_attn.attend(qr, kr, vr, entity_mask, masks)
             f, r = layer.update(f, r, f_tilde, r_tilde)
-        return self.classifier(torch.cat([f, r], dim=-1))
+        return linear_fp32(self.classifier, torch.cat([f, r], dim=-1))
 
 
 def reversed_view(module: InferenceModule, f0: Tensor, r_hat: Tensor, mask: Tensor) -> Tensor:
@@ -618,7 +687,8 @@ def inject_noise(
     num_relations: int,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """Noise injection of Sec. 2.3: in every document replace ``round(rate * n_valid)`` randomly
+    """Noise ``"candidate_pairs"`` (Sec. 2.3 read as r of *all* candidate entries, NA included; the
+    code's behaviour before the other readings existed): in every document replace ``round(rate * n_valid)`` randomly
     chosen valid entries of the ``[B, N, N]`` label-id matrix with a wrong relation id drawn
     uniformly from the other ``num_relations - 1`` classes. Padded / diagonal entries are never
     touched. Returns a new tensor; random draws happen on the CPU (``generator`` must be a CPU
@@ -637,6 +707,79 @@ def inject_noise(
         draw = torch.randint(0, num_relations - 1, (count,), generator=generator)
         new = draw + (draw >= old).long()  # skip the current label -> uniform over the others
         flat[chosen.to(flat.device)] = new.to(flat.device, flat.dtype)
+    return out
+
+
+def _flip(flat: Tensor, chosen: Tensor, low: int, num_relations: int, generator: Optional[torch.Generator]) -> None:
+    """Give every entry of ``flat`` at ``chosen`` a class drawn uniformly from ``low..C-1`` minus its own."""
+    if chosen.numel() == 0:
+        return
+    old = flat[chosen].cpu()
+    # classes low..C-1 other than the current one: draw among (C - low - 1) and skip the current label
+    own = (old >= low).long()
+    span = num_relations - low - own
+    draw = (torch.rand(chosen.numel(), generator=generator) * span).long() + low
+    new = draw + ((draw >= old) & (own == 1)).long()
+    flat[chosen] = new.to(flat.device, flat.dtype)
+
+
+def inject_noise_predicted(
+    labels: Tensor,
+    rate: float,
+    pair_mask: Tensor,
+    num_relations: int,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Noise ``"predicted_relations"`` (a reading of Sec. 2.3, "substituting r percent of predicted
+    relations with incorrect ones"): in every document ``round(rate * P)`` of the P candidate pairs
+    predicted as a relation get another class (any other, NA included), and as many pairs predicted
+    as NA get a random relation, so false relations never outnumber the true ones the way
+    :func:`inject_noise` makes them on sparse data. The equal-sized NA sample is a design choice,
+    not the paper's. Documents with no predicted relation are left as they are."""
+    out = labels.clone()
+    for b in range(labels.shape[0]):
+        flat = out[b].view(-1)
+        valid = pair_mask[b].reshape(-1).cpu()
+        ids = flat.cpu()
+        pos = (valid & (ids != 0)).nonzero().squeeze(-1)
+        neg = (valid & (ids == 0)).nonzero().squeeze(-1)
+        count = noise_count(rate, pos.numel())
+        if count == 0:
+            continue
+        flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:count]]
+        flip_neg = neg[torch.randperm(neg.numel(), generator=generator)[:min(count, neg.numel())]]
+        _flip(flat, flip_pos.to(flat.device), 0, num_relations, generator)
+        _flip(flat, flip_neg.to(flat.device), 1, num_relations, generator)
+    return out
+
+
+def inject_noise_release(
+    gold: Tensor,
+    pair_mask: Tensor,
+    num_relations: int,
+    generator: Optional[torch.Generator] = None,
+    positive_rate: tuple[float, float] = (0.2, 0.5),
+    negative_rate: tuple[float, float] = (0.05, 0.15),
+    negatives_per_positive: int = 5,
+) -> Tensor:
+    """Noise ``"release_gold"`` (the authors' release): corrupt the **gold** label ids. In every
+    document a U(0.2, 0.5) share of the positive pairs gets another class, and of a sample of
+    ``5 x positives`` negative pairs a U(0.05, 0.15) share gets a random relation. Rates are drawn
+    per document."""
+    out = gold.clone()
+    for b in range(gold.shape[0]):
+        flat = out[b].view(-1)
+        valid = pair_mask[b].reshape(-1).cpu()
+        ids = flat.cpu()
+        pos = (valid & (ids != 0)).nonzero().squeeze(-1)
+        neg = (valid & (ids == 0)).nonzero().squeeze(-1)
+        p_rate = sample_noise_rate(generator, *positive_rate)
+        n_rate = sample_noise_rate(generator, *negative_rate)
+        flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:noise_count(p_rate, pos.numel())]]
+        sample = neg[torch.randperm(neg.numel(), generator=generator)[:negatives_per_positive * pos.numel()]]
+        flip_neg = sample[:noise_count(n_rate, sample.numel())]
+        _flip(flat, flip_pos.to(flat.device), 0, num_relations, generator)
+        _flip(flat, flip_neg.to(flat.device), 1, num_relations, generator)
     return out
 
 
