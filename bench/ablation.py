@@ -55,11 +55,22 @@ def run_dir(root: Path, name: str, seed: int) -> Path:
     return root / f"{name}-s{seed}"
 
 
+def stage2_defaults() -> dict:
+    """This code's stage-2 model settings, spelled out: a stage-1 checkpoint written by older code
+    would otherwise lend its own (legacy) values to the variants that leave a setting alone."""
+    from docre.model.docre_ii import ModelConfig
+    from docre.train import BASE_KEYS
+    d = ModelConfig().to_dict()
+    out = {k: v for k, v in d.items() if k not in BASE_KEYS and k != "inference"}
+    out["inference"] = {k: v for k, v in d["inference"].items() if k not in ("hidden", "num_relations")}
+    return out
+
+
 def plan(config: dict, name: str, seed: int) -> list[dict]:
     """The `docre train` configs (one or two stages) of one variant and seed."""
     root = Path(config["out_dir"])
     out = run_dir(root, name, seed)
-    model = merged_model(config.get("model") or {}, VARIANTS[name][1])
+    model = merged_model(merged_model(stage2_defaults(), config.get("model") or {}), VARIANTS[name][1])
     if name in OWN_STAGE1:
         return [config | {"out_dir": str(out), "model": model, "stages": [1, 2], "seed": seed}]
     return [config | {"out_dir": str(out), "model": model, "stages": [2], "seed": seed,

@@ -280,16 +280,17 @@ def _peak_memory_mb(device: torch.device) -> float:
 BASE_KEYS = ("encoder", "num_relations", "feature_dim", "emb_dim", "base_head", "bilinear_block")
 
 
-def stage2_start(source: Path, overrides: dict, seed: int, device: torch.device) -> DocREModel:
+def stage2_start(source: Path, overrides: dict, seed: int, device: torch.device,
+                 fresh_inference: bool = False) -> DocREModel:
     """The model stage 2 starts from: the stage-1 checkpoint at `source`, with the stage-2 settings of
-    `overrides` (noise, queries, losses...). When they change the model, the base module's weights are
-    kept and the inference module starts afresh (seeded), so several stage-2 variants can share one
-    stage-1 run."""
+    `overrides` (noise, queries, losses...). When they change the model (or `fresh_inference`), the base
+    module's weights are kept and the inference module starts afresh, seeded by `seed`, so several
+    stage-2 variants can share one stage-1 run and start from the same initialisation."""
     model = DocREModel.from_pretrained(source, device)
     current = model.config.to_dict()
     merged = current | {k: v for k, v in overrides.items() if k != "inference"}
     merged["inference"] = current["inference"] | dict(overrides.get("inference") or {})
-    if merged == current:
+    if merged == current and not fresh_inference:
         return model
     changed = [k for k in BASE_KEYS if merged[k] != current[k]]
     if changed:
@@ -325,7 +326,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
             if not (source / "config.json").exists():
                 raise FileNotFoundError(f"stage 2 starts from stage 1's best checkpoint, and {source} has "
                                         f"none: run stage 1 first, or set pretrain: false (ablation)")
-            model = stage2_start(source, cfg.model, cfg.seed, device)
+            model = stage2_start(source, cfg.model, cfg.seed, device, fresh_inference=cfg.init_from is not None)
         elif model is None:
             model = DocREModel.create(ModelConfig(**cfg.model), inventory).to(device)
         results.append(train_stage(cfg, stage, model, train_split, dev_split, on_epoch,

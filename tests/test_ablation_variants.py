@@ -283,3 +283,13 @@ def test_classifier_weight_shares(tiny_encoder):
     shares = classifier_weight_shares(m.inference)
     assert shares["feature"] == pytest.approx(0.5)
     assert shares["relation"] == pytest.approx(0.2 / m.config.num_relations)  # one row of C is -0.2
+
+
+def test_stage2_start_fresh_inference_is_the_same_for_every_variant(tiny_encoder, tmp_path):
+    stage1 = make_model(tiny_encoder)
+    stage1.save_pretrained(tmp_path / "s1")
+    unchanged = stage2_start(tmp_path / "s1", {}, 5, torch.device("cpu"), fresh_inference=True)
+    changed = stage2_start(tmp_path / "s1", {"noise": "release_gold"}, 5, torch.device("cpu"))
+    for a, b in zip(unchanged.inference.parameters(), changed.inference.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(unchanged.inference.emb.weight, stage1.inference.emb.weight)
