@@ -47,6 +47,9 @@ def test_markers_and_labels_survive(tiny_encoder, tmp_path):
         assert got == sorted((f.head, f.tail, f.relation) for f in doc.facts)
         assert row["sent_starts"][0] == 1 and row["sent_starts"] == sorted(row["sent_starts"])
         assert Document.from_dict(json.loads(row["document"])) == doc
+        # prediction straight from documents skips the JSON copy and nothing else
+        bare = encode_document(doc, tok, inv, with_document=False)
+        assert bare.pop("document") is None and bare == {k: v for k, v in row.items() if k != "document"}
 
 
 def test_long_document_is_kept_whole(tiny_encoder):

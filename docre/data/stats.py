@@ -20,7 +20,7 @@ def document_table(docs: Iterable[Document], inventory: RelationInventory | None
         n_subwords = None
         if tokenizer is not None:
             n_subwords = encode_document(d, tokenizer, inventory or RelationInventory.from_documents([d]),
-                                         marker)["num_tokens"]
+                                         marker, with_document=False)["num_tokens"]
         rows.append({
             "doc_id": d.id,
             "labelled": d.labelled,

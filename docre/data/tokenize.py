@@ -87,8 +87,12 @@ class Manifest:
         return RelationInventory.from_json(json.dumps(self.inventory))
 
 
-def encode_document(doc: Document, tokenizer, inventory: RelationInventory, marker: str = "*") -> dict:
-    """One Parquet row: subword ids with markers, marker positions, sentence starts, sparse labels."""
+def encode_document(doc: Document, tokenizer, inventory: RelationInventory, marker: str = "*",
+                    with_document: bool = True) -> dict:
+    """One Parquet row: subword ids with markers, marker positions, sentence starts, sparse labels.
+
+    `with_document=False` leaves out the JSON copy of the document, which only the Parquet datasets
+    need (serialising it is most of this function's time when predicting straight from documents)."""
     starts, ends = set(), set()
     for ent in doc.entities:
         for m in ent.mentions:
@@ -143,7 +147,7 @@ def encode_document(doc: Document, tokenizer, inventory: RelationInventory, mark
         "label_heads": heads,
         "label_tails": tails,
         "label_rels": rels,
-        "document": json.dumps(doc.to_dict(), ensure_ascii=False),
+        "document": json.dumps(doc.to_dict(), ensure_ascii=False) if with_document else None,
     }
 
 

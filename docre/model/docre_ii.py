@@ -383,7 +383,8 @@ class DocREModel(nn.Module):
         """Extract triples from documents (read by any docre reader), with scores and first iteration."""
         from ..data.tokenize import encode_document
         docs = list(documents)
-        examples = [Example.from_row(encode_document(d, self.tokenizer, self.inventory)) for d in docs]
+        examples = [Example.from_row(encode_document(d, self.tokenizer, self.inventory, with_document=False))
+                    for d in docs]
         return self.triples(docs, self.predict_examples(examples, iterations, batch_size, progress=progress))
 
     def triples(self, docs: list[Document], decisions: dict[str, list[list[tuple]]]) -> list[Triple]:
