@@ -5,7 +5,7 @@ same stage-1 checkpoint (`init_from`); the bilinear base trains its own stage 1 
 sequential subprocesses (`docre train`), each resumable: rerunning the command skips finished runs
 and resumes an interrupted one from its last epoch.
 
-    python bench/ablation.py run configs/ablation/cdr.yaml default before noise_release_gold --seeds 66
+    python bench/ablation.py run configs/ablation/cdr.yaml default before noise_release_gold --seeds 66 [--threads 1]
     python bench/ablation.py report configs/ablation/cdr.yaml --json bench/results/ablation_cdr.json
 
 `report` prints a markdown table: dev F1 at K = 0..3 of the epoch selected on K = 3 (as training
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds or [config.get("seed", 66)]:
         for name in args.variants:
             for cfg in plan(config, name, seed):
+                if args.threads:
+                    cfg["threads"] = args.threads
                 if finished(cfg):
                     print(f"{name} seed {seed}: done", flush=True)
                     continue
@@ -159,6 +161,8 @@ def main() -> None:
     r.add_argument("config")
     r.add_argument("variants", nargs="+", choices=list(VARIANTS))
     r.add_argument("--seeds", type=int, nargs="+", help="stage-2 seeds (default: the config's seed)")
+    r.add_argument("--threads", type=int, help="torch threads per run (two runners at 1 thread each use 2 cores "
+                                               "better than one at 2)")
     r.set_defaults(fn=run)
     s = sub.add_parser("report")
     s.add_argument("config")
