@@ -61,8 +61,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.output:
         model.config.output = args.output
     model.predict_batch_size = args.batch_size
-    if args.int8:
-        model.quantize_int8()
+    _use_runtime(model, args)
     examples, docs = load_split(args.data)
     train_docs = load_split(args.train_data)[1] if args.train_data else None
     iterations = list(range(model.config.iterations + 1)) if args.iterations is None else \
@@ -89,12 +88,24 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _use_runtime(model, args: argparse.Namespace) -> None:
+    """--int8 and --runtime: torch int8, or the encoder in ONNX Runtime (fp32, or int8 with --int8)."""
+    if getattr(args, "runtime", "torch") == "onnx":
+        from .model.onnx_encoder import use_onnx_encoder
+        use_onnx_encoder(model, int8=args.int8, threads=getattr(args, "threads", None))
+    elif args.int8:
+        model.quantize_int8()
+
+
 def _prediction_options(p: argparse.ArgumentParser) -> None:
-    """--batch-size, --threads and --int8, the same for every command that predicts."""
+    """--batch-size, --threads, --int8 and --runtime, the same for every command that predicts."""
     p.add_argument("--batch-size", type=int, default=8, help="documents per batch (default 8)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     p.add_argument("--int8", action="store_true",
                    help="CPU only: int8 dynamic quantization of the encoder, base head and inference module")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="CPU only: run the encoder in ONNX Runtime (fused kernels; int8 with --int8), exported once "
+                        "and cached in $DOCRE_CACHE/onnx; needs pip install 'docre[onnx]'")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -103,8 +114,7 @@ def _predict(args: argparse.Namespace) -> None:
     from .train import resolve_device
     _set_threads(args)
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
-    if args.int8:
-        model.quantize_int8()
+    _use_runtime(model, args)
     quarantine: list[Quarantined] = []
     counts: dict = {}
     # gold labels outside the model's inventory are ignored (counted); other entity types are left out

@@ -53,6 +53,10 @@ class WindowedEncoder(nn.Module):
         self.max_length = min(max_length or limit, limit)
         self.overlap = overlap
         self._manual = self._last_attention is not None
+        # prediction only: a callable (ids, mask) -> (last hidden, last layer's input, its key projection
+        # or None) that replaces the torch forward pass in `encode_rows`, e.g. an ONNX Runtime session
+        # (`onnx_encoder.OnnxEncoder`)
+        self.runtime = None
 
     @property
     def hidden_size(self) -> int:
@@ -100,8 +104,17 @@ class WindowedEncoder(nn.Module):
         rows [B, M]: the token positions whose last-layer attention distribution is wanted."""
         b, t = ids.shape
         d = self.hidden_size
-        heads = self.model.config.num_attention_heads
         index = rows[..., None].expand(-1, -1, d)
+        if self._manual and self.runtime is not None:
+            hidden, x, k_all = self.runtime(ids, mask)
+            if lap:
+                lap("encoder")
+            attn = self._last_attention
+            # q at the requested rows only, K over all tokens, both from the last layer's input
+            q_rows = attn.query(x.gather(1, index))
+            if k_all is None:
+                k_all = attn.key(x)
+            return hidden, self._rows_softmax(q_rows, k_all, mask)
         if self._manual:
             attn = self._last_attention
             captured: dict[str, torch.Tensor] = {}
@@ -120,17 +133,23 @@ class WindowedEncoder(nn.Module):
                 out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
                 x = out.hidden_states[-2]
                 q_all, k_all = attn.query(x), attn.key(x)
-            q = q_all.gather(1, index).view(b, -1, heads, d // heads).transpose(1, 2)  # [B, H, M, dh]
-            k = k_all.view(b, t, heads, d // heads).transpose(1, 2)  # [B, H, T, dh]
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)  # [B, H, M, T]
-            scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
-            return out.last_hidden_state, scores.softmax(-1).transpose(1, 2)
+            return out.last_hidden_state, self._rows_softmax(q_all.gather(1, index), k_all, mask)
         out = self.model(input_ids=ids, attention_mask=mask, output_attentions=True)
         if lap:
             lap("encoder")
         att = out.attentions[-1]  # [B, H, T, T]
         rows_att = att.gather(2, rows[:, None, :, None].expand(-1, att.shape[1], -1, t))
         return out.last_hidden_state, rows_att.transpose(1, 2)
+
+    def _rows_softmax(self, q_rows: torch.Tensor, k_all: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """softmax(q K^T / sqrt(d_h)) over unmasked keys: q_rows [B, M, D], k_all [B, T, D] -> [B, M, H, T]."""
+        b, t, d = k_all.shape
+        heads = self.model.config.num_attention_heads
+        q = q_rows.reshape(b, -1, heads, d // heads).transpose(1, 2)  # [B, H, M, dh]
+        k = k_all.view(b, t, heads, d // heads).transpose(1, 2)  # [B, H, T, dh]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)  # [B, H, M, T]
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+        return scores.softmax(-1).transpose(1, 2)
 
     def encode_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
                     lap=None) -> tuple[torch.Tensor, torch.Tensor]:
