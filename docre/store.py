@@ -135,7 +135,10 @@ def fetch_model(checkpoint_url: str, cache_dir: str | Path | None = None) -> Pat
     if _is_local(fs):
         return Path(path)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / hashlib.sha256(checkpoint_url.encode()).hexdigest()[:24]
+    # keyed by what the checkpoint holds, not only where: a version published again under the same URL
+    # (a rebuilt store, a test bucket) must not be served from an old copy
+    key = f"{checkpoint_url}\n{_remote_fingerprint(fs, path)}"
+    target = root / hashlib.sha256(key.encode()).hexdigest()[:24]
     if (target / ".complete").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -164,6 +167,16 @@ def fetch_model(checkpoint_url: str, cache_dir: str | Path | None = None) -> Pat
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remote_fingerprint(fs, path: str) -> str:
+    """version.json (it lists every file's digest), or the files' names, sizes and ETags/mtimes."""
+    try:
+        return fs.cat_file(f"{path.rstrip('/')}/version.json").decode()
+    except FileNotFoundError:
+        files = fs.find(path, detail=True)
+        return json.dumps(sorted((name, info.get("size"), str(info.get("ETag") or info.get("mtime") or ""))
+                                 for name, info in files.items()))
 
 
 _MODELS: dict[tuple[str, str, str], object] = {}

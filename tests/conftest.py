@@ -20,6 +20,7 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="docre-prefect-home-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["DOCRE_CACHE"] = tempfile.mkdtemp(prefix="docre-cache-")  # concept indexes: never the user's cache
+os.environ["DOCRE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="docre-models-")  # downloaded checkpoints, likewise
 BUCKET = "docre-test"
 
 FIXTURES = Path(__file__).parent / "fixtures"

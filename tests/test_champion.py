@@ -115,7 +115,7 @@ def test_broken_challenger_is_rejected_better_one_promoted_rollback_restores(pre
     model_store, work = str(tmp_path / "models"), tmp_path / "work"
 
     # 1. the first model into an empty store: only the floor applies
-    first = train(model_store, work, config(tiny_encoder, 2, 2e-3, limit_train=1))
+    first = train(model_store, work, config(tiny_encoder, 2, 2e-3, stage2_epochs=2, limit_train=1))
     assert first.is_completed() and first.name == "Completed", first.message
     champion = first.result()
     assert champion["promoted"] and store.read_latest(model_store) == champion["version"]

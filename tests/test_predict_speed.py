@@ -235,3 +235,32 @@ def test_cli_prediction_options_parse():
         assert (args.batch_size, args.threads, args.int8) == (4, 2, True)
         args = parser.parse_args(command)
         assert (args.batch_size, args.threads, args.int8) == (8, None, False)
+
+
+# ------------------------------------------------------------------------------------------ fixed points
+@pytest.mark.parametrize("relation_matrix", ["argmax", "multihot"])
+def test_converged_documents_are_not_recomputed(tiny_encoder, relation_matrix, monkeypatch):
+    """P^(k+1) = module(F_0, R(P^(k))): once R(P^(k)) = R(P^(k-1)) a document is at a fixed point, so
+    prediction stops recomputing it, with the same logits as running every iteration. A document with
+    one entity (no pair) is fixed from the start; the others go on in a sub-batch."""
+    from docre.data.document import Document, Entity, Mention
+    from docre.model.inference import InferencePlan
+    docs, inventory = docred_docs()
+    model = make_model(tiny_encoder, inventory, seed=1, inference={"relation_matrix": relation_matrix})
+    alone = Document("one-entity", [["Lisbon", "is", "a", "city", "."]], [Entity([Mention(0, 0, 1, "Lisbon")], "LOC")],
+                     [])
+    examples = examples_for(model, docs + [alone])
+    batch = collate(examples, model.inventory)
+    sizes = []
+    forward = InferencePlan.forward
+    monkeypatch.setattr(InferencePlan, "forward", lambda self, f0, *a: sizes.append(f0.shape[0]) or forward(self, f0, *a))
+    K = 6
+    with torch.inference_mode():
+        ref = model.iteration_logits(batch, K)
+        model.iteration_stats["documents"] = 0
+        new = model.prediction_logits(batch, K)
+    B = len(examples)
+    assert sizes[0] == B and B - 1 in sizes[1:]  # the one-entity document drops out after iteration 1
+    assert model.iteration_stats["documents"] == sum(sizes) < K * B
+    for a, b in zip(new, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -140,3 +140,18 @@ def test_comparison_markdown_side_by_side():
                              [{"relation": "CID", "name": "CID", "gold": 5, "f1": 60.0}], "this run", "v1", "dev")
     assert md.startswith("# Champion / challenger: NOT PROMOTED")
     assert "| 1 * | 40.00 | 60.00 | -20.00 |" in md and "| CID | 5 | 40.00 | 60.00 | -20.00 |" in md
+
+
+def test_model_cache_follows_the_published_content(s3, tmp_path):
+    """A version published again under the same URL is downloaded again, not served from the old copy."""
+    from conftest import BUCKET
+    url = f"s3://{BUCKET}/cache-store"
+    cache = tmp_path / "cache"
+    store.publish_model(fake_checkpoint(tmp_path, "a", b"first"), url, "v1")
+    first = store.fetch_model(f"{url}/v1", cache)
+    assert (first / "model.safetensors").read_bytes() == b"first"
+    assert store.fetch_model(f"{url}/v1", cache) == first  # unchanged: the cached copy
+    s3.rm(f"{BUCKET}/cache-store", recursive=True)
+    store.publish_model(fake_checkpoint(tmp_path, "b", b"second"), url, "v1")
+    second = store.fetch_model(f"{url}/v1", cache)
+    assert second != first and (second / "model.safetensors").read_bytes() == b"second"

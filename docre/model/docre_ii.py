@@ -122,6 +122,8 @@ class DocREModel(nn.Module):
         self.inference = InferenceModule(config.inference)
         self.inventory: RelationInventory | None = None
         self.int8 = False  # set by `quantize_int8`: prediction only
+        # prediction: document-iterations computed by the inference module (fixed points are not recomputed)
+        self.iteration_stats = {"documents": 0}
 
     # ----------------------------------------------------------------- construction / checkpoints
     @staticmethod
@@ -295,7 +297,11 @@ class DocREModel(nn.Module):
                           lap=None) -> list[torch.Tensor]:
         """`iteration_logits` for prediction: the same [base, P^(1), ..., P^(K)] (up to float rounding),
         batched over documents, with attention rows at mention markers only and F_0's share of the
-        first inference layer computed once for all K iterations (see `InferencePlan`)."""
+        first inference layer computed once for all K iterations (see `InferencePlan`).
+
+        Iterations stop early per document at a fixed point: P^(k+1) = module(F_0, R(P^(k))) with F_0
+        fixed, so once a document's relation matrix R(P^(k)) equals R(P^(k-1)), P^(k+1) = P^(k) and
+        every later iteration repeats it; only documents whose predictions still change are recomputed."""
         K = self.config.iterations if iterations is None else iterations
         head, plan = plans or self.prediction_plans()
         out = self.base.predict_forward(batch.input_ids, batch.attention_mask, batch.mention_tokens,
@@ -310,8 +316,29 @@ class DocREModel(nn.Module):
         masks = ExtendedCrossAttention.masks(out.entity_mask, f0.dtype)
         if lap:
             lap("inference_f0")
+        B, N = out.entity_mask.shape
+        previous = plan.relation_state(steps[0])
+        active = torch.arange(B, device=f0.device)
         for k in range(K):
-            steps.append(restrict_to_candidates(plan(f0, f0_proj, steps[-1], out.entity_mask, masks), cand))
+            if k > 0:
+                state = plan.relation_state(steps[-1])
+                active = (state != previous).flatten(1).any(1).nonzero().squeeze(1)
+                previous = state
+                if len(active) == 0:  # every document at its fixed point
+                    steps.extend([steps[-1]] * (K - k))
+                    for j in range(k, K):
+                        if lap:
+                            lap(f"inference_k{j + 1}")
+                    break
+            if len(active) == B:
+                logits = plan(f0, f0_proj, steps[-1], out.entity_mask, masks)
+            else:
+                sub_masks = (masks[0].view(B, N, 1, 1, N)[active].view(-1, 1, 1, N), masks[1][active])
+                logits = steps[-1].clone()
+                logits[active] = plan(f0[active], f0_proj[active], steps[-1][active], out.entity_mask[active],
+                                      sub_masks).to(logits.dtype)
+            self.iteration_stats["documents"] += len(active)
+            steps.append(restrict_to_candidates(logits, cand))
             if lap:
                 lap(f"inference_k{k + 1}")
         return steps

@@ -625,6 +625,13 @@ class InferencePlan(nn.Module):
         """``W_F F_0 + b`` for the Q, K, V of both attention units of layer 1: ``[B, N, N, 6d]``."""
         return self.first_f(f0)
 
+    def relation_state(self, logits: Tensor) -> Tensor:
+        """What R_0 is built from: the argmax ids ``[B, N, N]`` (or the multi-hot sets ``[B, N, N, C-1]``);
+        equal states give equal relation matrices, hence equal next predictions."""
+        if self.argmax:
+            return logits.argmax(-1)
+        return logits[..., 1:] > logits[..., :1]
+
     def relation_input(self, prev_logits: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(R_0 = emb(.) of the previous iteration's logits, masked; its projection ``W_R R_0``)."""
         pm = pair_mask[..., None].to(self.table.dtype)
