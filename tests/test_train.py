@@ -279,9 +279,9 @@ def test_ablation_runner_shares_one_stage1(dataset, tiny_encoder, tmp_path):
     path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     cmd = [sys.executable, str(root / "bench" / "ablation.py")]
     subprocess.run(cmd + ["run", str(path), "default", "before"], check=True, cwd=root)
-    for name, noise, queries in (("default", "predicted_relations", "own"), ("before", "candidate_pairs", "joint")):
+    for name, r0_dropout, queries in (("default", False, "own"), ("before", True, "joint")):
         saved = json.loads((tmp_path / "abl" / f"{name}-s7" / "stage2" / "best" / "config.json").read_text())
-        assert (saved["noise"], saved["inference"]["queries"]) == (noise, queries)
+        assert (saved["r0_dropout"], saved["inference"]["queries"]) == (r0_dropout, queries)
         run_cfg = yaml.safe_load((tmp_path / "abl" / f"{name}-s7" / "ablation_config.yaml").read_text())
         assert run_cfg["init_from"] == str(tmp_path / "abl" / "stage1" / "best") and run_cfg["stages"] == [2]
     again = subprocess.run(cmd + ["run", str(path), "default"], check=True, cwd=root, capture_output=True, text=True)

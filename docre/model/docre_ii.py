@@ -45,7 +45,7 @@ class ModelConfig:
     # stage-2 noise on R_0 (Sec. 2.3), see inference.py: "candidate_pairs" r of all candidate entries;
     # "predicted_relations" r of the predicted relations + as many predicted-NA pairs; "release_gold" the
     # release's corruption of gold labels (its own rates; implies gold R_0)
-    noise: Literal["candidate_pairs", "predicted_relations", "release_gold"] = "predicted_relations"
+    noise: Literal["candidate_pairs", "predicted_relations", "release_gold"] = "candidate_pairs"
     noise_low: float = 0.0
     noise_high: float = 0.4  # r ~ U(noise_low, noise_high)
     r0_dropout: bool = False  # stage-2 R_0 from the base's dropout-noisy training forward (before this option)
