@@ -4,7 +4,6 @@ the variant they were trained as."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from docre.model.inference import (ExtendedCrossAttention, InferenceConfig, Infe
 from docre.train import stage2_start
 
 from test_model import docs as docs_fixture  # noqa: F401  (module-scoped CDR documents)
+from test_inference_module import naive_eca
 from test_model import make_batch, make_model
 
 docs = docs_fixture
@@ -95,34 +95,6 @@ def test_noise_variant_is_what_stage2_uses(tiny_encoder, docs, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ ECA queries
-def naive_eca(eca: ExtendedCrossAttention, m: torch.Tensor, query: torch.Tensor, em: torch.Tensor,
-              self_key: bool) -> torch.Tensor:
-    """Per-pair loop reference: queries from `query`, keys/values from m's row s, column o, column s,
-    row o, plus (self_key) the pair's own cell as one more key."""
-    b_sz, n = m.shape[:2]
-    dh = eca.head_dim
-    q = eca.q_proj(query).view(b_sz, n, n, 4, dh)
-    k = eca.k_proj(m).view(b_sz, n, n, 4, dh)
-    v = eca.v_proj(m).view(b_sz, n, n, 4, dh)
-    out = torch.zeros(b_sz, n, n, eca.hidden)
-    for b in range(b_sz):
-        ne = int(em[b].sum())
-        for s in range(ne):
-            for o in range(ne):
-                if s == o:
-                    continue
-                heads = []
-                for h, cells in enumerate(([(s, j) for j in range(ne)], [(j, o) for j in range(ne)],
-                                           [(j, s) for j in range(ne)], [(o, j) for j in range(ne)])):
-                    cells = [c for c in cells if c[0] != c[1]] + ([(s, o)] if self_key else [])
-                    keys = torch.stack([k[b, x, y, h] for x, y in cells])
-                    vals = torch.stack([v[b, x, y, h] for x, y in cells])
-                    w = torch.softmax(keys @ q[b, s, o, h] / math.sqrt(dh), dim=0)
-                    heads.append(w @ vals)
-                out[b, s, o] = eca.o_proj(torch.cat(heads))
-    return out
-
-
 def grids(seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     f, r = torch.randn(2, 5, 5, D, generator=g), torch.randn(2, 5, 5, D, generator=g)
@@ -138,7 +110,7 @@ def test_own_query_eca_matches_reference(self_key):
     m = torch.cat([f, r], -1)
     with torch.no_grad():
         got = eca(m, em, query=f)
-        want = naive_eca(eca, m, f, em, self_key)
+        want = naive_eca(eca, m, em, query=f, self_key=self_key)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -204,7 +176,7 @@ def test_heads_are_float32_under_bf16_autocast(tiny_encoder):
     from docre.model.base import BaseHeadPlan
     from docre.model.inference import InferencePlan
     m = make_model(tiny_encoder, num_layers=1, output="sum").eval()
-    d, D_enc = m.config.feature_dim, m.base.encoder.hidden_size
+    D_enc = m.base.encoder.hidden_size
     g = torch.Generator().manual_seed(0)
     ent, ctx = torch.randn(2, 4, D_enc, generator=g), torch.randn(2, 4, 4, D_enc, generator=g)
     em = torch.ones(2, 4, dtype=torch.bool)

@@ -115,11 +115,13 @@ def test_no_nan_with_degenerate_documents():
 # ---------------------------------------------------------------------------------------------
 # ECA
 # ---------------------------------------------------------------------------------------------
-def naive_eca(eca: ExtendedCrossAttention, m: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
-    """Per-pair loop reference of eq. 5-7 (slow, explicit key lists)."""
+def naive_eca(eca: ExtendedCrossAttention, m: torch.Tensor, em: torch.Tensor, query: torch.Tensor | None = None,
+              self_key: bool = False) -> torch.Tensor:
+    """Per-pair loop reference of eq. 5-7 (slow, explicit key lists): queries from `query` (default m),
+    keys/values from m's row s, column o, column s, row o, plus (self_key) the pair's own cell."""
     b_sz, n = m.shape[:2]
     dh = eca.head_dim
-    q = eca.q_proj(m).view(b_sz, n, n, 4, dh)
+    q = eca.q_proj(m if query is None else query).view(b_sz, n, n, 4, dh)
     k = eca.k_proj(m).view(b_sz, n, n, 4, dh)
     v = eca.v_proj(m).view(b_sz, n, n, 4, dh)
     out = torch.zeros(b_sz, n, n, eca.hidden)
@@ -130,16 +132,9 @@ def naive_eca(eca: ExtendedCrossAttention, m: torch.Tensor, em: torch.Tensor) ->
                 if s == o:
                     continue
                 heads = []
-                for h in range(4):
-                    if h == 0:
-                        cells = [(s, j) for j in range(ne)]
-                    elif h == 1:
-                        cells = [(j, o) for j in range(ne)]
-                    elif h == 2:
-                        cells = [(j, s) for j in range(ne)]
-                    else:
-                        cells = [(o, j) for j in range(ne)]
-                    cells = [c for c in cells if c[0] != c[1]]
+                for h, cells in enumerate(([(s, j) for j in range(ne)], [(j, o) for j in range(ne)],
+                                           [(j, s) for j in range(ne)], [(o, j) for j in range(ne)])):
+                    cells = [c for c in cells if c[0] != c[1]] + ([(s, o)] if self_key else [])
                     keys = torch.stack([k[b, x, y, h] for x, y in cells])
                     vals = torch.stack([v[b, x, y, h] for x, y in cells])
                     w = torch.softmax(keys @ q[b, s, o, h] / math.sqrt(dh), dim=0)

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from docre.data.atlop import read_atlop
 from docre.data.batch import Example, collate
-from docre.data.docred import read_docred, read_rel_info
 from docre.data.document import cdr_inventory
 from docre.data.tokenize import encode_document
 from docre.model.docre_ii import DocREModel, ModelConfig
@@ -25,19 +23,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+from test_predict_speed import cdr_docs, docred_docs  # noqa: E402
+
+
 def needs_ort():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-
-
-def cdr_docs():
-    with open(FIXTURES / "cdr_sample.data") as f:
-        return list(read_atlop(f, "cdr_sample.data"))
-
-
-def docred_docs():
-    inventory = read_rel_info((FIXTURES / "rel_info_sample.json").read_text())
-    return list(read_docred((FIXTURES / "docred_sample.json").read_text(), "docred_sample.json", inventory)), inventory
 
 
 def make_model(encoder: str, inventory, seed: int = 0, window: int | None = 24) -> DocREModel:

@@ -730,6 +730,12 @@ def _flip(flat: Tensor, chosen: Tensor, low: int, num_relations: int, generator:
     flat[chosen] = new.to(flat.device, flat.dtype)
 
 
+def _relation_and_na_pairs(flat: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat indices (on the CPU) of one document's valid pairs labelled with a relation, and labelled NA."""
+    valid, ids = pair_mask.reshape(-1).cpu(), flat.cpu()
+    return (valid & (ids != 0)).nonzero().squeeze(-1), (valid & (ids == 0)).nonzero().squeeze(-1)
+
+
 def inject_noise_predicted(
     labels: Tensor,
     rate: float,
@@ -746,10 +752,7 @@ def inject_noise_predicted(
     out = labels.clone()
     for b in range(labels.shape[0]):
         flat = out[b].view(-1)
-        valid = pair_mask[b].reshape(-1).cpu()
-        ids = flat.cpu()
-        pos = (valid & (ids != 0)).nonzero().squeeze(-1)
-        neg = (valid & (ids == 0)).nonzero().squeeze(-1)
+        pos, neg = _relation_and_na_pairs(flat, pair_mask[b])
         count = noise_count(rate, pos.numel())
         if count == 0:
             continue
@@ -776,10 +779,7 @@ def inject_noise_release(
     out = gold.clone()
     for b in range(gold.shape[0]):
         flat = out[b].view(-1)
-        valid = pair_mask[b].reshape(-1).cpu()
-        ids = flat.cpu()
-        pos = (valid & (ids != 0)).nonzero().squeeze(-1)
-        neg = (valid & (ids == 0)).nonzero().squeeze(-1)
+        pos, neg = _relation_and_na_pairs(flat, pair_mask[b])
         p_rate = sample_noise_rate(generator, *positive_rate)
         n_rate = sample_noise_rate(generator, *negative_rate)
         flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:noise_count(p_rate, pos.numel())]]
