@@ -40,8 +40,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "no_contrastive": ("paper ablation: w/o contrastive loss", {"contrastive": "none"}),
     "simclr": ("paper ablation: SimCLR (negative pairs) instead of SimSiam", {"contrastive": "simclr"}),
     "bilinear_base": ("the release's group-bilinear base (its own stage 1)", {"base_head": "bilinear"}),
+    "inference_lr_x5": ("defaults, stage-2 inference-module lr 1e-3 instead of 2e-4", {}),
 }
 OWN_STAGE1 = {"bilinear_base"}
+# variants that change the stage-2 optimisation rather than the model: name -> stage2 overrides
+STAGE2: dict[str, dict] = {"inference_lr_x5": {"lr_head": 1e-3}}
 
 
 def merged_model(base: dict, overrides: dict) -> dict:
@@ -73,7 +76,8 @@ def plan(config: dict, name: str, seed: int) -> list[dict]:
     model = merged_model(merged_model(stage2_defaults(), config.get("model") or {}), VARIANTS[name][1])
     if name in OWN_STAGE1:
         return [config | {"out_dir": str(out), "model": model, "stages": [1, 2], "seed": seed}]
-    return [config | {"out_dir": str(out), "model": model, "stages": [2], "seed": seed,
+    stage2 = dict(config["stage2"]) | STAGE2.get(name, {})
+    return [config | {"out_dir": str(out), "model": model, "stages": [2], "seed": seed, "stage2": stage2,
                       "init_from": str(root / "stage1" / "best")}]
 
 

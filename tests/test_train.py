@@ -292,3 +292,18 @@ def test_ablation_runner_shares_one_stage1(dataset, tiny_encoder, tmp_path):
     assert [r["variant"] for r in rows] == ["stage 1 (shared base)", "default", "before"]
     assert all({"K0", "K1", "K2", "gain", "w_feature", "w_relation"} <= set(r) for r in rows[1:])
     assert "| default | 7 | 1 |" in out
+
+
+def test_ablation_plan_stage2_overrides(tmp_path):
+    """A variant that changes stage-2 optimisation (not the model) changes only its own run's stage 2."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).parent.parent / "bench" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    config = {"out_dir": str(tmp_path), "stage1": {"epochs": 8, "lr_head": 2e-4},
+              "stage2": {"epochs": 2, "lr_head": 2e-4, "lr_encoder": 5e-6}, "model": {}}
+    [probe] = ablation.plan(config, "inference_lr_x5", 66)
+    [plain] = ablation.plan(config, "default", 66)
+    assert probe["stage2"] == {"epochs": 2, "lr_head": 1e-3, "lr_encoder": 5e-6}
+    assert plain["stage2"] == config["stage2"] and probe["model"] == plain["model"]
+    assert probe["init_from"] == plain["init_from"] == str(tmp_path / "stage1" / "best")
