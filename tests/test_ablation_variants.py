@@ -265,3 +265,30 @@ def test_stage2_start_fresh_inference_is_the_same_for_every_variant(tiny_encoder
     for a, b in zip(unchanged.inference.parameters(), changed.inference.parameters()):
         assert torch.equal(a, b)
     assert not torch.equal(unchanged.inference.emb.weight, stage1.inference.emb.weight)
+
+
+# ------------------------------------------------------------------------------------------ reliance probe
+def test_relation_reliance_sources():
+    """bench/relation_reliance.py: each probe source builds the R_0 label ids it names, and only on
+    candidate pairs."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "relation_reliance", Path(__file__).parent.parent / "bench" / "relation_reliance.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    cand = torch.tensor([[[False, True, True], [True, False, False], [False, False, False]]])
+    logits = torch.zeros(1, 3, 3, 2)
+    logits[0, 0, 1, 1] = 5.0  # base predicts a relation for (0, 1) only
+    logits[0, 2, 0, 1] = 9.0  # ... and for a non-candidate pair, which must not show up
+    labels = torch.zeros(1, 3, 3, 2)
+    labels[..., 0] = 1
+    labels[0, 0, 2] = torch.tensor([0.0, 1.0])  # gold relation on (0, 2)
+    g = torch.Generator().manual_seed(0)
+    ids = {s: probe.relation_ids(s, logits, labels, cand, g)[0].tolist() for s in probe.SOURCES}
+    assert ids["base"] == [[0, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert ids["gold"] == [[0, 0, 1], [0, 0, 0], [0, 0, 0]]
+    assert ids["na"] == [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    assert ids["flip"] == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
+    shuffled = torch.tensor(ids["shuffle"])
+    assert shuffled[cand[0]].sum() == 1 and shuffled[~cand[0]].sum() == 0
