@@ -5,7 +5,7 @@ what the module reads from the relation matrix built from the base's predictions
 one inference iteration on the dev set with R_0 built from five sources and prints dev F1 for each:
 
     base     emb(argmax) of the base's own predictions (what K = 1 is at prediction time)
-    gold     the gold labels (an oracle: the most R could ever tell the module)
+    gold     the gold labels, the first one per pair (an oracle: the most R could tell the module)
     na       every pair "no relation"
     flip     the base's predictions with every candidate pair's label flipped (relation <-> NA)
     shuffle  the base's predictions, permuted across the candidate pairs of each document
@@ -37,7 +37,7 @@ def relation_ids(source: str, base_logits: torch.Tensor, labels: torch.Tensor, c
     elif source == "na":
         ids = torch.zeros_like(predicted)
     elif source == "flip":
-        # a relation becomes NA; an NA becomes the most common relation id (1 on CDR's single relation)
+        # a relation becomes NA; an NA becomes relation id 1 (CDR's only relation; on DocRED, just one of 96)
         ids = torch.where(predicted > 0, torch.zeros_like(predicted), torch.ones_like(predicted))
     elif source == "shuffle":
         ids = predicted.clone()
