@@ -24,6 +24,16 @@ os.environ["DOCRE_MODEL_CACHE"] = tempfile.mkdtemp(prefix="docre-models-")  # do
 BUCKET = "docre-test"
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BENCH = Path(__file__).parent.parent / "bench"
+
+
+def load_bench(name: str):
+    """A script under bench/ as a module (bench/ is scripts, not a package), for testing its functions."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 _WORDS = """the a an of and in to with was were is are by for on at from as that this these patients patient
 rats treatment induced induce caused cause causes after during dose doses drug drugs effect effects study

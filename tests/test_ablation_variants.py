@@ -271,12 +271,8 @@ def test_stage2_start_fresh_inference_is_the_same_for_every_variant(tiny_encoder
 def test_relation_reliance_sources():
     """bench/relation_reliance.py: each probe source builds the R_0 label ids it names, and only on
     candidate pairs."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "relation_reliance", Path(__file__).parent.parent / "bench" / "relation_reliance.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    from conftest import load_bench
+    probe = load_bench("relation_reliance")
     cand = torch.tensor([[[False, True, True], [True, False, False], [False, False, False]]])
     logits = torch.zeros(1, 3, 3, 2)
     logits[0, 0, 1, 1] = 5.0  # base predicts a relation for (0, 1) only

@@ -18,12 +18,11 @@ from docre.data.tokenize import encode_document
 from docre.model.docre_ii import DocREModel, ModelConfig
 from docre.model.inference import InferenceConfig
 
+from test_predict_speed import cdr_docs, docred_docs
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-from test_predict_speed import cdr_docs, docred_docs  # noqa: E402
 
 
 def needs_ort():

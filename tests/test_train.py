@@ -296,10 +296,8 @@ def test_ablation_runner_shares_one_stage1(dataset, tiny_encoder, tmp_path):
 
 def test_ablation_plan_stage2_overrides(tmp_path):
     """A variant that changes stage-2 optimisation (not the model) changes only its own run's stage 2."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).parent.parent / "bench" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    from conftest import load_bench
+    ablation = load_bench("ablation")
     config = {"out_dir": str(tmp_path), "stage1": {"epochs": 8, "lr_head": 2e-4},
               "stage2": {"epochs": 2, "lr_head": 2e-4, "lr_encoder": 5e-6}, "model": {}}
     [probe] = ablation.plan(config, "inference_lr_x5", 66)
