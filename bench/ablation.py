@@ -41,10 +41,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "simclr": ("paper ablation: SimCLR (negative pairs) instead of SimSiam", {"contrastive": "simclr"}),
     "bilinear_base": ("the release's group-bilinear base (its own stage 1)", {"base_head": "bilinear"}),
     "inference_lr_x5": ("defaults, stage-2 inference-module lr 1e-3 instead of 2e-4", {}),
+    "long_stage2": ("defaults, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", {}),
 }
 OWN_STAGE1 = {"bilinear_base"}
 # variants that change the stage-2 optimisation rather than the model: name -> stage2 overrides
-STAGE2: dict[str, dict] = {"inference_lr_x5": {"lr_head": 1e-3}}
+STAGE2: dict[str, dict] = {"inference_lr_x5": {"lr_head": 1e-3}, "long_stage2": {"epochs": 10}}
 
 
 def merged_model(base: dict, overrides: dict) -> dict:

@@ -305,3 +305,6 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     assert probe["stage2"] == {"epochs": 2, "lr_head": 1e-3, "lr_encoder": 5e-6}
     assert plain["stage2"] == config["stage2"] and probe["model"] == plain["model"]
     assert probe["init_from"] == plain["init_from"] == str(tmp_path / "stage1" / "best")
+    [long] = ablation.plan(config, "long_stage2", 66)
+    assert long["stage2"] == {"epochs": 10, "lr_head": 2e-4, "lr_encoder": 5e-6}
+    assert long["model"] == plain["model"] and long["init_from"] == plain["init_from"]
