@@ -16,7 +16,7 @@ from docre.data.batch import collate
 from docre.data.document import cdr_inventory
 from docre.data.tokenize import TokenizeConfig, read_parquet_rows, tokenize_to_parquet
 from docre.model.docre_ii import DocREModel, ModelConfig
-from docre.train import (StageConfig, TrainConfig, linear_schedule, load_split, load_state, param_groups,
+from docre.train import (StageConfig, TrainConfig, evaluate, linear_schedule, load_split, load_state, param_groups,
                          save_state, train, train_stage)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"
@@ -308,3 +308,27 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     [long] = ablation.plan(config, "long_stage2", 66)
     assert long["stage2"] == {"epochs": 10, "lr_head": 2e-4, "lr_encoder": 5e-6}
     assert long["model"] == plain["model"] and long["init_from"] == plain["init_from"]
+
+
+def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
+    """bench/train_dev_gap.py: F1 per split is what `evaluate` gives on that split, and the gap is
+    train minus dev."""
+    import pyarrow.parquet as pq
+    from conftest import load_bench
+    probe = load_bench("train_dev_gap")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    pq.write_table(pq.read_table(Path(dataset) / "data.parquet").slice(0, 1), dev / "data.parquet")
+    cfg = config(dataset, tiny_encoder, tmp_path)
+    model = fresh_model(cfg, seed=3).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    row = probe.gap(str(tmp_path / "ckpt"), dataset, str(dev), [0, 1])
+    on_train = evaluate(model, *load_split(dataset), [0, 1])
+    on_dev = evaluate(model, *load_split(str(dev)), [0, 1])
+    for k in (0, 1):
+        assert row[f"train_K{k}"] == round(on_train[f"K{k}"]["f1"] * 100, 2)
+        assert row[f"dev_K{k}"] == round(on_dev[f"K{k}"]["f1"] * 100, 2)
+        assert row[f"gap_K{k}"] == round(row[f"train_K{k}"] - row[f"dev_K{k}"], 2)
+    assert (row["train_K0"], row["train_K1"]) != (row["dev_K0"], row["dev_K1"])  # the splits differ here
+    shown = probe.table([{"checkpoint": "a", "train_K0": 86.76, "dev_K0": 53.18, "gap_K0": 33.58}], [0])
+    assert shown.splitlines()[-1] == "| a | 86.76 | 53.18 | 33.58 |"
