@@ -153,6 +153,16 @@ def test_to_docred_dict_uses_id_when_title_is_empty():
     assert to_docred_dict(doc)["title"] == "Lake Varnholm"
 
 
+def test_round_trip_keeps_an_id_that_is_not_the_title():
+    """A PubTator document written as DocRED JSON (`docre data split`) keeps its PMID, not its title."""
+    docs = read()
+    docs[0].id = "9000001"
+    raw = to_docred_dict(docs[0])
+    assert raw["id"] == "9000001" and raw["title"] == "Lake Varnholm"
+    assert "id" not in to_docred_dict(docs[1])  # DocRED's own documents: the title is the id
+    assert [d.id for d in read(write_docred(docs))] == ["9000001", docs[1].id]
+
+
 # ---------------------------------------------------------------- bad input
 
 def broken(change, index: int = 1) -> str:

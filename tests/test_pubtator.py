@@ -390,3 +390,17 @@ def test_lenient_mode_quarantines_bad_documents_and_keeps_the_good_ones():
 def test_lenient_mode_on_the_clean_fixture_quarantines_nothing():
     errors: list[DocumentError] = []
     assert read(on_error=errors.append) == read() and errors == []
+
+
+def test_cli_split_keeps_pmids_and_every_document(tmp_path, capsys):
+    """`docre data split` of a PubTator file: two DocRED JSON files that read back as the same
+    documents, PMIDs and MeSH ids included, none lost (character offsets are not part of DocRED JSON)."""
+    from docre.cli import main
+    from docre.data.io import read_documents
+    docs = read()
+    first, rest = tmp_path / "first.json", tmp_path / "rest.json"
+    assert main(["data", "split", "--first", "1", str(FIXTURE), str(first), str(rest)]) == 0
+    back = list(read_documents(str(first))) + list(read_documents(str(rest)))
+    assert [d.id for d in back] == IDS
+    assert [(d.sentences, [summary(e) for e in d.entities], d.facts) for d in back] == \
+        [(d.sentences, [summary(e) for e in d.entities], d.facts) for d in docs]  # MeSH ids too

@@ -45,7 +45,8 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
             except (KeyError, TypeError, ValueError) as e:
                 fail(f"entity {ei}: malformed mention {m!r} ({e})")
         etype = vertex[0].get("type", "") if vertex else ""
-        entities.append(Entity(mentions, etype))
+        kb_id = vertex[0].get("kb_id") if vertex else None  # written by to_docred_dict (a MeSH id, say)
+        entities.append(Entity(mentions, etype, None if kb_id is None else str(kb_id)))
     facts = None
     if "labels" in raw:
         facts = []
@@ -54,7 +55,8 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
                 facts.append(Fact(int(lab["h"]), int(lab["t"]), str(lab["r"]), [int(e) for e in lab.get("evidence", [])]))
             except (KeyError, TypeError, ValueError) as e:
                 fail(f"malformed label {lab!r} ({e})")
-    doc = Document(id=str(raw["title"]), sentences=[[str(t) for t in s] for s in sents], entities=entities,
+    doc_id = raw.get("id", raw["title"])  # written by to_docred_dict when the id is not the title (a PMID)
+    doc = Document(id=str(doc_id), sentences=[[str(t) for t in s] for s in sents], entities=entities,
                    facts=facts, title=str(raw["title"]))
     return validate_document(doc, source, inventory, where)
 
@@ -132,8 +134,9 @@ def read_docred(lines: Iterable[str] | str, source: str, inventory: RelationInve
                 on_error: Callable[[DocumentError], None] | None = None) -> Iterator[Document]:
     """Parse a DocRED JSON array or stream a JSON-lines file (a file object or a string).
 
-    Documents are identified by title (DocRED has no other id), so duplicate
-    titles are an error. With `on_error`, bad documents are handed to it and
+    Documents are identified by title (DocRED has no other id) unless an
+    object carries an "id" (as `to_docred_dict` writes for PubTator PMIDs), so
+    duplicate ids are an error. With `on_error`, bad documents are handed to it and
     skipped; otherwise the first one raises.
     """
     def build(record: tuple[str, object]) -> tuple[Document, str]:
@@ -146,8 +149,10 @@ def read_docred(lines: Iterable[str] | str, source: str, inventory: RelationInve
 
 def to_docred_dict(doc: Document) -> dict:
     vertex_set = [[{"name": m.text, "pos": [m.start, m.end], "sent_id": m.sent_id, "type": e.type}
-                   for m in e.mentions] for e in doc.entities]
+                   | ({"kb_id": e.kb_id} if e.kb_id is not None else {}) for m in e.mentions] for e in doc.entities]
     out = {"title": doc.title or doc.id, "sents": doc.sentences, "vertexSet": vertex_set}
+    if doc.id != out["title"]:
+        out["id"] = doc.id  # DocRED has no id key; readers of the original format ignore the extra one
     if doc.facts is not None:
         out["labels"] = [{"h": f.head, "t": f.tail, "r": f.relation, "evidence": f.evidence} for f in doc.facts]
     return out
