@@ -55,7 +55,7 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
                 facts.append(Fact(int(lab["h"]), int(lab["t"]), str(lab["r"]), [int(e) for e in lab.get("evidence", [])]))
             except (KeyError, TypeError, ValueError) as e:
                 fail(f"malformed label {lab!r} ({e})")
-    doc_id = raw.get("id", raw["title"])  # written by to_docred_dict when the id is not the title (a PMID)
+    doc_id = raw.get("id") or raw["title"]  # written by to_docred_dict when the id is not the title (a PMID)
     doc = Document(id=str(doc_id), sentences=[[str(t) for t in s] for s in sents], entities=entities,
                    facts=facts, title=str(raw["title"]))
     return validate_document(doc, source, inventory, where)
