@@ -19,14 +19,16 @@ from pathlib import Path
 import torch
 
 
-def gap(path: str, train: str, dev: str, iterations: list[int]) -> dict:
-    """F1 (%) per split and K, and train - dev per K, of one checkpoint."""
+Split = tuple[list, list]  # (examples, documents), as docre.train.load_split returns them
+
+
+def gap(path: str, splits: dict[str, Split], iterations: list[int]) -> dict:
+    """F1 (%) per split ("train", "dev") and K, and train - dev per K, of one checkpoint."""
     from docre.model.docre_ii import DocREModel
-    from docre.train import evaluate, load_split
+    from docre.train import evaluate
     model = DocREModel.from_pretrained(path).eval()
     row: dict = {"checkpoint": path}
-    for split, url in (("train", train), ("dev", dev)):
-        examples, docs = load_split(url)
+    for split, (examples, docs) in splits.items():
         scores = evaluate(model, examples, docs, iterations)
         for k in iterations:
             row[f"{split}_K{k}"] = round(scores[f"K{k}"]["f1"] * 100, 2)
@@ -56,12 +58,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     iterations = [int(k) for k in args.iterations.split(",")]
-    rows = [gap(c, args.train, args.dev, iterations) for c in args.checkpoints]
+    from docre.train import load_split
+    splits = {"train": load_split(args.train), "dev": load_split(args.dev)}  # read once for every checkpoint
+    rows = [gap(c, splits, iterations) for c in args.checkpoints]
     print(table(rows, iterations))
     if args.json:
         out = Path(args.json)
-        kept = [r for r in (json.loads(out.read_text()) if out.exists() else [])
-                if r["checkpoint"] not in {n["checkpoint"] for n in rows}]
+        replaced = {r["checkpoint"] for r in rows}
+        kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["checkpoint"] not in replaced]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(kept + rows, indent=2))
 

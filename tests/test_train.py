@@ -322,7 +322,7 @@ def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
     cfg = config(dataset, tiny_encoder, tmp_path)
     model = fresh_model(cfg, seed=3).eval()
     model.save_pretrained(tmp_path / "ckpt")
-    row = probe.gap(str(tmp_path / "ckpt"), dataset, str(dev), [0, 1])
+    row = probe.gap(str(tmp_path / "ckpt"), {"train": load_split(dataset), "dev": load_split(str(dev))}, [0, 1])
     on_train = evaluate(model, *load_split(dataset), [0, 1])
     on_dev = evaluate(model, *load_split(str(dev)), [0, 1])
     for k in (0, 1):

@@ -148,8 +148,13 @@ def read_docred(lines: Iterable[str] | str, source: str, inventory: RelationInve
 
 
 def to_docred_dict(doc: Document) -> dict:
-    vertex_set = [[{"name": m.text, "pos": [m.start, m.end], "sent_id": m.sent_id, "type": e.type}
-                   | ({"kb_id": e.kb_id} if e.kb_id is not None else {}) for m in e.mentions] for e in doc.entities]
+    def mention(m: Mention, e: Entity) -> dict:
+        out = {"name": m.text, "pos": [m.start, m.end], "sent_id": m.sent_id, "type": e.type}
+        if e.kb_id is not None:
+            out["kb_id"] = e.kb_id  # not in DocRED; readers of the original format ignore it
+        return out
+
+    vertex_set = [[mention(m, e) for m in e.mentions] for e in doc.entities]
     out = {"title": doc.title or doc.id, "sents": doc.sentences, "vertexSet": vertex_set}
     if doc.id != out["title"]:
         out["id"] = doc.id  # DocRED has no id key; readers of the original format ignore the extra one
