@@ -34,6 +34,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "queries_joint": ("ECA queries from M = [F, R]", {"inference": {"queries": "joint"}}),
     "self_key": ("ECA heads also attend to the pair itself", {"inference": {"self_key": True}}),
     "r0_dropout": ("stage-2 R_0 from the dropout forward", {"r0_dropout": True}),
+    "noisy_base_forward": ("F_0 and R_0 from a stage-2 base forward at dropout 0.3",
+                           {"r0_dropout": True, "stage2_base_dropout": 0.3}),
     "release_loss_weights": ("(L_inf/10 + L_inf2/10 + L_base/10 + L_C)/2", {"loss_weights": "release"}),
     "no_fusion": ("paper ablation: w/o fusion sub-layer", {"inference": {"fusion": False}}),
     "no_eca": ("paper ablation: w/o ECA (attention over all pairs)", {"inference": {"attention": "full"}}),

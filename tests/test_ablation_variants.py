@@ -156,6 +156,25 @@ def test_clean_r0_comes_from_a_dropout_free_forward(tiny_encoder, docs):
     assert torch.equal(legacy, want_legacy.masked_fill(~batch.candidate_mask, 0))
 
 
+def test_stage2_base_dropout_sets_the_rate_of_that_forward_only(tiny_encoder, docs):
+    from docre.model.losses import adaptive_threshold_loss
+    m = make_model(tiny_encoder, num_layers=1, stage2_base_dropout=0.0)
+    batch = make_batch(m, docs)
+    with torch.no_grad():
+        m.eval()
+        clean = m.run_base(batch).logits
+        want = adaptive_threshold_loss(clean[batch.candidate_mask], batch.labels[batch.candidate_mask]).item()
+        m.train()
+        rates = [mod.p for mod in m.base.modules() if isinstance(mod, torch.nn.Dropout)]
+        assert rates and max(rates) > 0  # the tiny encoder does use dropout
+        _, parts = m.stage2_loss(batch, torch.Generator().manual_seed(0))
+        assert parts["loss_base"] == pytest.approx(want, rel=1e-5)  # rate 0: the training forward is clean
+        assert [mod.p for mod in m.base.modules() if isinstance(mod, torch.nn.Dropout)] == rates  # restored
+        m.config.stage2_base_dropout = 0.9  # a noisy forward moves the base loss
+        _, noisy = m.stage2_loss(batch, torch.Generator().manual_seed(0))
+        assert noisy["loss_base"] != pytest.approx(want, rel=1e-3)
+
+
 @pytest.mark.parametrize("weights", ["paper", "release"])
 def test_loss_weights(tiny_encoder, docs, weights):
     m = make_model(tiny_encoder, num_layers=1, loss_weights=weights, contrastive_weight=2.0)
