@@ -332,3 +332,23 @@ def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
     assert (row["train_K0"], row["train_K1"]) != (row["dev_K0"], row["dev_K1"])  # the splits differ here
     shown = probe.table([{"checkpoint": "a", "train_K0": 86.76, "dev_K0": 53.18, "gap_K0": 33.58}], [0])
     assert shown.splitlines()[-1] == "| a | 86.76 | 53.18 | 33.58 |"
+
+
+def test_output_modes_probe(dataset, tiny_encoder, tmp_path):
+    """bench/output_modes.py: "last" is P^(K), "sum" the release's sum of base and iteration logits,
+    each as `evaluate` scores the model with that output; K0 is the base in both."""
+    from conftest import load_bench
+    probe = load_bench("output_modes")
+    cfg = config(dataset, tiny_encoder, tmp_path)
+    model = fresh_model(cfg, seed=3).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    examples, docs = load_split(dataset)
+    row = probe.output_modes(str(tmp_path / "ckpt"), examples, docs)
+    for mode in ("last", "sum"):
+        model.config.output = mode
+        scores = evaluate(model, examples, docs, [0, 1, 2, 3])
+        assert row[mode] == [round(scores[f"K{k}"]["f1"] * 100, 2) for k in range(4)]
+    assert row["last"][0] == row["sum"][0]
+    assert row["last"][1:] != row["sum"][1:]  # this model's iterations disagree with its base
+    shown = probe.table([{"checkpoint": "a", "last": [53.17, 53.35, 53.35, 53.35], "sum": [53.17, 52.94, 53.37, 53.35]}])
+    assert shown.splitlines()[-1] == "| a | 53.17 / 53.35 / 53.35 / 53.35 | 53.17 / 52.94 / 53.37 / 53.35 | 0.0 |"
