@@ -135,7 +135,7 @@ def test_own_queries_make_the_units_differ_in_inputs():
 
 # ------------------------------------------------------------------------------------------ stage 2
 def test_clean_r0_comes_from_a_dropout_free_forward(tiny_encoder, docs):
-    m = make_model(tiny_encoder, num_layers=1)
+    m = make_model(tiny_encoder, num_layers=1, r0_dropout=False)
     m.config.dropout = 0.0
     batch = make_batch(m, docs)
     with torch.no_grad():
@@ -149,7 +149,7 @@ def test_clean_r0_comes_from_a_dropout_free_forward(tiny_encoder, docs):
         got = m.relation_ids(noisy_out, batch)
         assert m.base.training  # the base goes back to training mode
         assert torch.equal(got, want)
-        m.config.r0_dropout = True
+        m.config.r0_dropout = True  # the default: the decision of the forward F_0 comes from
         legacy = m.relation_ids(noisy_out, batch)
     from docre.model.docre_ii import restrict_to_candidates
     want_legacy = restrict_to_candidates(noisy_out.logits, batch.candidate_mask).argmax(-1)

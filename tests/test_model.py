@@ -214,6 +214,8 @@ VARIANTS = {
     "self_key": ({}, {"self_key": True}),
     "noise_predicted_relations": ({"noise": "predicted_relations"}, {}),
     "legacy_variant": ({"noise": "candidate_pairs", "r0_dropout": True}, {"queries": "joint"}),
+    "clean_r0": ({"r0_dropout": False}, {}),
+    "noisy_base_forward": ({"stage2_base_dropout": 0.3}, {}),
     "noise_release_gold": ({"noise": "release_gold"}, {}),
     "release_loss_weights": ({"loss_weights": "release"}, {}),
     "bilinear_base": ({"base_head": "bilinear", "emb_dim": 32, "bilinear_block": 8}, {}),

@@ -279,7 +279,7 @@ def test_ablation_runner_shares_one_stage1(dataset, tiny_encoder, tmp_path):
     path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     cmd = [sys.executable, str(root / "bench" / "ablation.py")]
     subprocess.run(cmd + ["run", str(path), "default", "before"], check=True, cwd=root)
-    for name, r0_dropout, queries in (("default", False, "own"), ("before", True, "joint")):
+    for name, r0_dropout, queries in (("default", True, "own"), ("before", True, "joint")):
         saved = json.loads((tmp_path / "abl" / f"{name}-s7" / "stage2" / "best" / "config.json").read_text())
         assert (saved["r0_dropout"], saved["inference"]["queries"]) == (r0_dropout, queries)
         run_cfg = yaml.safe_load((tmp_path / "abl" / f"{name}-s7" / "ablation_config.yaml").read_text())
@@ -303,11 +303,16 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     [probe] = ablation.plan(config, "inference_lr_x5", 66)
     [plain] = ablation.plan(config, "default", 66)
     assert probe["stage2"] == {"epochs": 2, "lr_head": 1e-3, "lr_encoder": 5e-6}
-    assert plain["stage2"] == config["stage2"] and probe["model"] == plain["model"]
+    assert plain["stage2"] == config["stage2"] and probe["model"] == plain["model"] | {"r0_dropout": False}
     assert probe["init_from"] == plain["init_from"] == str(tmp_path / "stage1" / "best")
     [long] = ablation.plan(config, "long_stage2", 66)
     assert long["stage2"] == {"epochs": 10, "lr_head": 2e-4, "lr_encoder": 5e-6}
     assert long["model"] == plain["model"] and long["init_from"] == plain["init_from"]
+    # the variants run against the old reference keep its clean R_0, so a rerun reproduces them
+    [clean_long] = ablation.plan(config, "clean_r0_long_stage2", 66)
+    assert clean_long["stage2"] == long["stage2"] and clean_long["model"] == plain["model"] | {"r0_dropout": False}
+    assert plain["model"]["r0_dropout"] is True
+    assert ablation.plan(config, "simclr", 66)[0]["model"]["r0_dropout"] is False
 
 
 def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):

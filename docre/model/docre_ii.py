@@ -49,7 +49,7 @@ class ModelConfig:
     noise: Literal["candidate_pairs", "predicted_relations", "release_gold"] = "candidate_pairs"
     noise_low: float = 0.0
     noise_high: float = 0.4  # r ~ U(noise_low, noise_high)
-    r0_dropout: bool = False  # stage-2 R_0 from the base's dropout-noisy training forward (before this option)
+    r0_dropout: bool = True  # stage-2 R_0 from the training forward F_0 comes from; False: a separate dropout-free one
     stage2_base_dropout: float | None = None  # dropout rate of the base's stage-2 training forward; None = `dropout`
     contrastive: Literal["simsiam", "simclr", "none"] = "simsiam"
     contrastive_weight: float = 1.0  # weight of L_C next to L_R ("paper" loss weights)
@@ -204,8 +204,11 @@ class DocREModel(nn.Module):
 
     def relation_ids(self, out: BaseOutput, batch: Batch) -> torch.Tensor:
         """Label ids [B, N, N] that R_0 is built from in stage 2: gold (release), or the base module's
-        argmax. The paper's R_0 is the base's *prediction*, so unless `r0_dropout` it comes from a
-        forward without dropout (the encoder still trains on the dropout forward `out`)."""
+        argmax. With `r0_dropout` (the default) the argmax is of the same training forward `out` that
+        F_0 comes from, so R_0 is the base's decision on the very F_0 the inference module sees, as
+        at test time. Without it, R_0 comes from a second, dropout-free forward and can disagree with
+        F_0 where the dropout forward's decision would not; that reading lost on CDR and Re-DocRED
+        (BENCHMARKS.md, issue 12, fifth session)."""
         cfg = self.config
         if cfg.relation_source == "gold" or cfg.noise == "release_gold":
             ids = batch.labels.float().argmax(-1)  # first positive label; 0 when none
