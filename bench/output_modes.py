@@ -12,10 +12,10 @@ K = 0 is the same number in both rows.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+
+from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
 
 KS = [0, 1, 2, 3]
 
@@ -59,11 +59,7 @@ def main() -> None:
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     if args.json:
-        out = Path(args.json)
-        replaced = {r["checkpoint"] for r in rows}
-        kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["checkpoint"] not in replaced]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(kept + rows, indent=2))
+        merge_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ If gold ~ base ~ na, the module has learned to ignore R and its K > 0 can never 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+
+from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
 
 SOURCES = ("base", "gold", "na", "flip", "shuffle")
 
@@ -91,9 +91,8 @@ def main() -> None:
         r = probe(path, args.data)
         rows.append({"checkpoint": path} | r)
         print(f"| {path} | {r['K0']} | " + " | ".join(str(r[s]) for s in SOURCES) + " |", flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.json:  # rows of the same checkpoint are replaced, the others kept
+        merge_rows(args.json, rows)
 
 
 if __name__ == "__main__":

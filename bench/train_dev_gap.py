@@ -13,10 +13,10 @@ and on the dev split at the K values asked for, and the gap between them.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+
+from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
 
 
 Split = tuple[list, list]  # (examples, documents), as docre.train.load_split returns them
@@ -63,11 +63,7 @@ def main() -> None:
     rows = [gap(c, splits, iterations) for c in args.checkpoints]
     print(table(rows, iterations))
     if args.json:
-        out = Path(args.json)
-        replaced = {r["checkpoint"] for r in rows}
-        kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["checkpoint"] not in replaced]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(kept + rows, indent=2))
+        merge_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -357,3 +357,14 @@ def test_output_modes_probe(dataset, tiny_encoder, tmp_path):
     assert row["last"][1:] != row["sum"][1:]  # this model's iterations disagree with its base
     shown = probe.table([{"checkpoint": "a", "last": [53.17, 53.35, 53.35, 53.35], "sum": [53.17, 52.94, 53.37, 53.35]}])
     assert shown.splitlines()[-1] == "| a | 53.17 / 53.35 / 53.35 / 53.35 | 53.17 / 52.94 / 53.37 / 53.35 | 0.0 |"
+
+
+def test_probe_rows_merge_by_checkpoint(tmp_path):
+    """bench/result_rows.py: probing a checkpoint again replaces its row; other rows stay, in order."""
+    from conftest import load_bench
+    merge_rows = load_bench("result_rows").merge_rows
+    path = tmp_path / "rows.json"
+    merge_rows(path, [{"checkpoint": "a", "f1": 1}, {"checkpoint": "b", "f1": 2}])
+    merge_rows(path, [{"checkpoint": "a", "f1": 3}, {"checkpoint": "c", "f1": 4}])
+    assert json.loads(path.read_text()) == [{"checkpoint": "b", "f1": 2}, {"checkpoint": "a", "f1": 3},
+                                            {"checkpoint": "c", "f1": 4}]
