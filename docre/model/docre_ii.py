@@ -88,7 +88,8 @@ def dropout_rate(module: nn.Module, p: float | None):
 
     A probe of issue 12: on its own training documents the stage-1 base is far more often right
     than on unseen ones, so stage 2 shows the inference module inputs (F_0, R_0) more reliable
-    than it meets at test time. A noisier base forward in stage 2 narrows that gap."""
+    than it meets at test time. A noisier base forward in stage 2 was meant to narrow that gap; at
+    0.3 it lowered the base and gained nothing on CDR (BENCHMARKS.md, issue 12, fifth session)."""
     if p is None:
         yield
         return
