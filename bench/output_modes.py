@@ -2,9 +2,9 @@
 
 The authors' release does not output the last iteration's P^(K): it sums the logits of the base and
 of every iteration (`output: sum` in the model config). A sum of two classifiers is an ensemble, and
-an ensemble can add F1 that iterating alone does not; this script asks whether it does here. Both
-outputs come from one forward pass per batch (`evaluate` with the config's `output` switched), so
-K = 0 is the same number in both rows.
+an ensemble can add F1 that iterating alone does not; this script asks whether it does here. Each
+output is scored by its own `evaluate` pass with the config's `output` switched (prediction is
+deterministic in eval mode, so K = 0, the base, is the same number in both rows).
 
     python bench/output_modes.py runs/ablation/cdr/default-s66/stage2/best --data runs/data/cdr_dev \
         --json bench/results/output_modes_cdr.json
