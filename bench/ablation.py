@@ -50,11 +50,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "inference_lr_x5": ("clean_r0, stage-2 inference-module lr 1e-3 instead of 2e-4", CLEAN),
     "clean_r0_long_stage2": ("clean_r0, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", CLEAN),
     "long_stage2": ("defaults, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", {}),
+    "inference_lr_x5_default": ("defaults, stage-2 inference-module lr 1e-3 instead of 2e-4", {}),
 }
 OWN_STAGE1 = {"bilinear_base"}
 # variants that change the stage-2 optimisation rather than the model: name -> stage2 overrides
 STAGE2: dict[str, dict] = {"inference_lr_x5": {"lr_head": 1e-3}, "clean_r0_long_stage2": {"epochs": 10},
-                           "long_stage2": {"epochs": 10}}
+                           "long_stage2": {"epochs": 10}, "inference_lr_x5_default": {"lr_head": 1e-3}}
 
 
 def merged_model(base: dict, overrides: dict) -> dict:

@@ -313,6 +313,8 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     assert clean_long["stage2"] == long["stage2"] and clean_long["model"] == plain["model"] | {"r0_dropout": False}
     assert plain["model"]["r0_dropout"] is True
     assert ablation.plan(config, "simclr", 66)[0]["model"]["r0_dropout"] is False
+    [probe_default] = ablation.plan(config, "inference_lr_x5_default", 66)
+    assert probe_default["stage2"] == probe["stage2"] and probe_default["model"] == plain["model"]
 
 
 def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
