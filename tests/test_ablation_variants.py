@@ -307,3 +307,29 @@ def test_relation_reliance_sources():
     assert ids["flip"] == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
     shuffled = torch.tensor(ids["shuffle"])
     assert shuffled[cand[0]].sum() == 1 and shuffled[~cand[0]].sum() == 0
+
+
+# ------------------------------------------------------------------------------------------ ranking probe
+def test_threshold_free_scores_hand_case():
+    """bench/threshold_free.py on five ranked candidates, three of them gold, and one gold fact no
+    candidate holds (n_gold = 4)."""
+    from conftest import load_bench
+    probe = load_bench("threshold_free")
+    margins = torch.tensor([-0.5, 2.0, -1.0, 1.0, 0.5])
+    gold = torch.tensor([True, True, False, False, True])
+    r = probe.ranking_scores(margins, gold, n_gold=4)
+    assert r["f1"] == pytest.approx(2 * 2 / (3 + 4))  # margin > 0: 3 predicted, 2 right
+    assert r["best"] == pytest.approx(2 * 3 / (4 + 4))  # cut below -0.5: 4 predicted, 3 right
+    assert r["offset"] == pytest.approx(-0.75)  # between -0.5 and -1.0: the learned cut is too strict
+    assert r["ap"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 4)
+
+
+def test_threshold_free_cut_never_splits_ties():
+    """Two candidates with one margin are predicted together or not at all, so the best F1 here is 2/3,
+    not the 1.0 of taking only the gold one."""
+    from conftest import load_bench
+    probe = load_bench("threshold_free")
+    r = probe.ranking_scores(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), n_gold=1)
+    assert r["best"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="gold"):
+        probe.ranking_scores(torch.tensor([1.0]), torch.tensor([False]), n_gold=0)

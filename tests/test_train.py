@@ -361,6 +361,22 @@ def test_output_modes_probe(dataset, tiny_encoder, tmp_path):
     assert shown.splitlines()[-1] == "| a | 53.17 / 53.35 / 53.35 / 53.35 | 53.17 / 52.94 / 53.37 / 53.35 | 0.0 |"
 
 
+def test_threshold_free_probe(dataset, tiny_encoder, tmp_path):
+    """bench/threshold_free.py: its F1 at the learned threshold is the F1 `evaluate` reports at each K
+    (one relation, so no `max_labels` cap applies), and no cut or ranking score is out of range."""
+    from conftest import load_bench
+    probe = load_bench("threshold_free")
+    cfg = config(dataset, tiny_encoder, tmp_path)
+    model = fresh_model(cfg, seed=3).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    row = probe.probe(str(tmp_path / "ckpt"), dataset, iterations=2)
+    scores = evaluate(model, *load_split(dataset), [0, 1, 2])
+    for k in range(3):
+        assert row[f"K{k}"]["f1"] == pytest.approx(scores[f"K{k}"]["f1"], abs=1e-9)
+        assert row[f"K{k}"]["f1"] <= row[f"K{k}"]["best"] <= 1.0 and 0.0 < row[f"K{k}"]["ap"] <= 1.0
+    assert 0 < row["gold_in_candidates"]["found"] <= row["gold_in_candidates"]["all"]
+
+
 def test_probe_rows_merge_by_checkpoint(tmp_path):
     """bench/result_rows.py: probing a checkpoint again replaces its row; other rows stay, in order."""
     from conftest import load_bench
