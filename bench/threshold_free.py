@@ -40,11 +40,12 @@ def ranking_scores(margins: torch.Tensor, is_gold: torch.Tensor, n_gold: int) ->
     last[:-1] = m[1:] != m[:-1]
     f1_at = 2 * tp / (n_pred + n_gold)
     best = int(torch.argmax(torch.where(last, f1_at, torch.full_like(f1_at, -1.0))))
-    above = m > 0
-    tp0 = float(g[above].sum())
-    f1_learned = 2 * tp0 / (int(above.sum()) + n_gold)
+    # the learned threshold is one more cut on the same curve (margin > 0 never splits ties)
+    n_above = int((m > 0).sum())
+    f1_learned = float(f1_at[n_above - 1]) if n_above else 0.0
     ap = float((tp / n_pred * g).sum()) / n_gold
-    # where the best cut sits: midway between the last margin kept and the next one
+    # where the best cut sits: midway between the last margin kept and the next one (one logit below
+    # the lowest margin when every candidate is kept)
     nxt = float(m[best + 1]) if best + 1 < len(m) else float(m[best]) - 1.0
     return {"f1": f1_learned, "best": float(f1_at[best]), "offset": (float(m[best]) + nxt) / 2, "ap": ap}
 
