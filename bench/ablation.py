@@ -51,11 +51,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "clean_r0_long_stage2": ("clean_r0, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", CLEAN),
     "long_stage2": ("defaults, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", {}),
     "inference_lr_x5_default": ("defaults, stage-2 inference-module lr 1e-3 instead of 2e-4", {}),
+    "freeze_base": ("defaults, paper ablation: base module frozen in stage 2 (its dropout still on)", {}),
+    "noise_predicted_relations_default": ("defaults, noise (b): r of predicted relations + as many NA",
+                                          {"noise": "predicted_relations"}),
 }
 OWN_STAGE1 = {"bilinear_base"}
 # variants that change the stage-2 optimisation rather than the model: name -> stage2 overrides
 STAGE2: dict[str, dict] = {"inference_lr_x5": {"lr_head": 1e-3}, "clean_r0_long_stage2": {"epochs": 10},
-                           "long_stage2": {"epochs": 10}, "inference_lr_x5_default": {"lr_head": 1e-3}}
+                           "long_stage2": {"epochs": 10}, "inference_lr_x5_default": {"lr_head": 1e-3},
+                           "freeze_base": {"freeze_base": True}}
 
 
 def merged_model(base: dict, overrides: dict) -> dict:

@@ -17,7 +17,7 @@ from docre.data.document import cdr_inventory
 from docre.data.tokenize import TokenizeConfig, read_parquet_rows, tokenize_to_parquet
 from docre.model.docre_ii import DocREModel, ModelConfig
 from docre.train import (StageConfig, TrainConfig, evaluate, linear_schedule, load_split, load_state, param_groups,
-                         save_state, train, train_stage)
+                         save_state, stage2_start, train, train_stage)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"
 MODEL = dict(feature_dim=16, iterations=2, inference=dict(num_layers=1, ffn_dim=32, predictor_dim=16))
@@ -93,6 +93,31 @@ def test_stage2_needs_stage1_checkpoint(dataset, tiny_encoder, tmp_path):
     with pytest.raises(FileNotFoundError, match="stage 1"):
         train(cfg)
 
+
+
+def test_frozen_base_stage2_trains_only_the_inference_module(dataset, tiny_encoder, tmp_path):
+    """Ablation "w/ freeze base module": stage 2 leaves every base weight as stage 1 left it, so K0 is
+    the stage-1 base's score, while the inference module does learn."""
+    cfg = config(dataset, tiny_encoder, tmp_path / "run", stages=[1])
+    [stage1] = train(cfg)
+    frozen = config(dataset, tiny_encoder, tmp_path / "frozen", stages=[2], init_from=stage1.best_dir,
+                    stage2=StageConfig(epochs=1, batch_size=2, lr_encoder=1e-2, lr_head=1e-2, freeze_base=True))
+    [stage2] = train(frozen)
+    before, after = DocREModel.from_pretrained(stage1.best_dir), DocREModel.from_pretrained(stage2.best_dir)
+    assert_same_weights(before.base, after.base)
+    start = stage2_start(Path(stage1.best_dir), frozen.model, frozen.seed, torch.device("cpu"), fresh_inference=True)
+    assert_same_weights(start.base, after.base)
+    moved = [k for k, v in after.inference.state_dict().items() if not torch.equal(v, start.inference.state_dict()[k])]
+    assert "classifier.weight" in moved
+    assert stage2.history[0]["dev"]["K0"]["f1"] == max(h["dev"]["K0"]["f1"] for h in stage1.history)
+
+
+def test_no_pretraining_ablation_starts_stage2_from_the_raw_encoder(dataset, tiny_encoder, tmp_path):
+    """Ablation "w/o pre-training": stage 2 runs without any stage-1 checkpoint."""
+    cfg = config(dataset, tiny_encoder, tmp_path / "run", stages=[2], pretrain=False)
+    [result] = train(cfg)
+    assert result.stage == 2 and not (tmp_path / "run" / "stage1").exists()
+    assert {"K0", "K1", "K2"} <= set(result.history[0]["dev"])
 
 # ------------------------------------------------------------------------------------------ resume
 
@@ -315,6 +340,11 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     assert ablation.plan(config, "simclr", 66)[0]["model"]["r0_dropout"] is False
     [probe_default] = ablation.plan(config, "inference_lr_x5_default", 66)
     assert probe_default["stage2"] == probe["stage2"] and probe_default["model"] == plain["model"]
+    [frozen] = ablation.plan(config, "freeze_base", 66)
+    assert frozen["stage2"] == config["stage2"] | {"freeze_base": True} and frozen["model"] == plain["model"]
+    [noise_b] = ablation.plan(config, "noise_predicted_relations_default", 66)
+    assert noise_b["stage2"] == config["stage2"]
+    assert noise_b["model"] == plain["model"] | {"noise": "predicted_relations"}
 
 
 def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
