@@ -342,6 +342,8 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     assert probe_default["stage2"] == probe["stage2"] and probe_default["model"] == plain["model"]
     [frozen] = ablation.plan(config, "freeze_base", 66)
     assert frozen["stage2"] == config["stage2"] | {"freeze_base": True} and frozen["model"] == plain["model"]
+    [base_lr] = ablation.plan(config, "base_lr_x2_default", 66)
+    assert base_lr["stage2"] == config["stage2"] | {"lr_encoder": 1e-5} and base_lr["model"] == plain["model"]
     [noise_b] = ablation.plan(config, "noise_predicted_relations_default", 66)
     assert noise_b["stage2"] == config["stage2"]
     assert noise_b["model"] == plain["model"] | {"noise": "predicted_relations"}
