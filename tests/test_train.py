@@ -94,7 +94,6 @@ def test_stage2_needs_stage1_checkpoint(dataset, tiny_encoder, tmp_path):
         train(cfg)
 
 
-
 def test_frozen_base_stage2_trains_only_the_inference_module(dataset, tiny_encoder, tmp_path):
     """Ablation "w/ freeze base module": stage 2 leaves every base weight as stage 1 left it, so K0 is
     the stage-1 base's score, while the inference module does learn."""
@@ -106,7 +105,6 @@ def test_frozen_base_stage2_trains_only_the_inference_module(dataset, tiny_encod
     before, after = DocREModel.from_pretrained(stage1.best_dir), DocREModel.from_pretrained(stage2.best_dir)
     assert_same_weights(before.base, after.base)
     start = stage2_start(Path(stage1.best_dir), frozen.model, frozen.seed, torch.device("cpu"), fresh_inference=True)
-    assert_same_weights(start.base, after.base)
     moved = [k for k, v in after.inference.state_dict().items() if not torch.equal(v, start.inference.state_dict()[k])]
     assert "classifier.weight" in moved
     assert stage2.history[0]["dev"]["K0"]["f1"] == max(h["dev"]["K0"]["f1"] for h in stage1.history)
@@ -118,6 +116,7 @@ def test_no_pretraining_ablation_starts_stage2_from_the_raw_encoder(dataset, tin
     [result] = train(cfg)
     assert result.stage == 2 and not (tmp_path / "run" / "stage1").exists()
     assert {"K0", "K1", "K2"} <= set(result.history[0]["dev"])
+
 
 # ------------------------------------------------------------------------------------------ resume
 
