@@ -27,8 +27,9 @@ import yaml
 # single-change variant run against it keeps `r0_dropout: false` so that rerunning it reproduces it.
 CLEAN = {"r0_dropout": False}
 
-# name -> (what it is, stage-2 model overrides); the defaults are the code's ModelConfig defaults
-VARIANTS: dict[str, tuple[str, dict]] = {
+# name -> (what it is, stage-2 model overrides[, stage-2 optimisation overrides]); the defaults are the
+# code's ModelConfig defaults and the config's `stage2`
+VARIANTS: dict[str, tuple] = {
     "default": ("this code's defaults (stage-2 R_0 from the forward F_0 comes from)", {}),
     "clean_r0": ("stage-2 R_0 from a separate dropout-free forward (the default before the fifth session)", CLEAN),
     "before": ("the code before issue 12: noise over all candidate pairs, joint queries, R_0 with dropout",
@@ -47,21 +48,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "no_contrastive": ("clean_r0, paper ablation: w/o contrastive loss", CLEAN | {"contrastive": "none"}),
     "simclr": ("clean_r0, paper ablation: SimCLR (negative pairs) instead of SimSiam", CLEAN | {"contrastive": "simclr"}),
     "bilinear_base": ("clean_r0, the release's group-bilinear base (its own stage 1)", CLEAN | {"base_head": "bilinear"}),
-    "inference_lr_x5": ("clean_r0, stage-2 inference-module lr 1e-3 instead of 2e-4", CLEAN),
-    "clean_r0_long_stage2": ("clean_r0, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", CLEAN),
-    "long_stage2": ("defaults, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", {}),
-    "inference_lr_x5_default": ("defaults, stage-2 inference-module lr 1e-3 instead of 2e-4", {}),
-    "freeze_base": ("defaults, paper ablation: base module frozen in stage 2 (its dropout still on)", {}),
+    "inference_lr_x5": ("clean_r0, stage-2 inference-module lr 1e-3 instead of 2e-4", CLEAN, {"lr_head": 1e-3}),
+    "clean_r0_long_stage2": ("clean_r0, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", CLEAN,
+                             {"epochs": 10}),
+    "long_stage2": ("defaults, 10 stage-2 epochs (the paper's CDR count, Table 7) instead of 2", {}, {"epochs": 10}),
+    "inference_lr_x5_default": ("defaults, stage-2 inference-module lr 1e-3 instead of 2e-4", {}, {"lr_head": 1e-3}),
+    "freeze_base": ("defaults, paper ablation: base module frozen in stage 2 (its dropout still on)", {},
+                    {"freeze_base": True}),
     "base_lr_x2_default": ("defaults, stage-2 base-module lr 1e-5 instead of 5e-6 (1/5 of stage 1's, as the "
-                           "paper's DocRED BERT setting)", {}),
+                           "paper's DocRED BERT setting)", {}, {"lr_encoder": 1e-5}),
     "noise_predicted_relations_default": ("defaults, noise (b): r of predicted relations + as many NA",
                                           {"noise": "predicted_relations"}),
 }
 OWN_STAGE1 = {"bilinear_base"}
-# variants that change the stage-2 optimisation rather than the model: name -> stage2 overrides
-STAGE2: dict[str, dict] = {"inference_lr_x5": {"lr_head": 1e-3}, "clean_r0_long_stage2": {"epochs": 10},
-                           "long_stage2": {"epochs": 10}, "inference_lr_x5_default": {"lr_head": 1e-3},
-                           "freeze_base": {"freeze_base": True}, "base_lr_x2_default": {"lr_encoder": 1e-5}}
 
 
 def merged_model(base: dict, overrides: dict) -> dict:
@@ -90,10 +89,11 @@ def plan(config: dict, name: str, seed: int) -> list[dict]:
     """The `docre train` configs (one or two stages) of one variant and seed."""
     root = Path(config["out_dir"])
     out = run_dir(root, name, seed)
-    model = merged_model(merged_model(stage2_defaults(), config.get("model") or {}), VARIANTS[name][1])
+    _, model_overrides, *optimisation = VARIANTS[name]
+    model = merged_model(merged_model(stage2_defaults(), config.get("model") or {}), model_overrides)
     if name in OWN_STAGE1:
         return [config | {"out_dir": str(out), "model": model, "stages": [1, 2], "seed": seed}]
-    stage2 = dict(config["stage2"]) | STAGE2.get(name, {})
+    stage2 = dict(config["stage2"]) | dict(*optimisation)
     return [config | {"out_dir": str(out), "model": model, "stages": [2], "seed": seed, "stage2": stage2,
                       "init_from": str(root / "stage1" / "best")}]
 
@@ -138,7 +138,7 @@ def report(args: argparse.Namespace) -> None:
         h = json.loads(stage1.read_text())
         rows.append({"variant": "stage 1 (shared base)", "seed": config.get("seed", 66), "epochs": len(h),
                      "K0": round(best_epoch(h, "K0")["dev"]["K0"]["f1"] * 100, 2)})
-    for name, (what, _) in VARIANTS.items():
+    for name, (what, *_) in VARIANTS.items():
         for out in sorted(root.glob(f"{name}-s*")):
             history_path = out / "stage2" / "history.json"
             if not history_path.exists():
