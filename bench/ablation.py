@@ -59,6 +59,8 @@ VARIANTS: dict[str, tuple] = {
                            "paper's DocRED BERT setting)", {}, {"lr_encoder": 1e-5}),
     "noise_predicted_relations_default": ("defaults, noise (b): r of predicted relations + as many NA",
                                           {"noise": "predicted_relations"}),
+    "no_base_loss": ("defaults, stage-2 loss L_R + L_C only, as Sec. 2.3 lists it: no threshold loss on the "
+                     "base logits", {"stage2_base_loss": False}),
 }
 OWN_STAGE1 = {"bilinear_base"}
 

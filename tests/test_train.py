@@ -346,6 +346,9 @@ def test_ablation_plan_stage2_overrides(tmp_path):
     [noise_b] = ablation.plan(config, "noise_predicted_relations_default", 66)
     assert noise_b["stage2"] == config["stage2"]
     assert noise_b["model"] == plain["model"] | {"noise": "predicted_relations"}
+    [no_base_loss] = ablation.plan(config, "no_base_loss", 66)
+    assert no_base_loss["stage2"] == config["stage2"]
+    assert no_base_loss["model"] == plain["model"] | {"stage2_base_loss": False}
 
 
 def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
