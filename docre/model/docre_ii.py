@@ -54,7 +54,7 @@ class ModelConfig:
     contrastive: Literal["simsiam", "simclr", "none"] = "simsiam"
     contrastive_weight: float = 1.0  # weight of L_C next to L_R ("paper" loss weights)
     loss_weights: Literal["paper", "release"] = "paper"  # release: (L_inf/10 + L_inf2/10 + L_base/10 + L_C) / 2
-    stage2_base_loss: bool = True  # keep the adaptive-threshold loss on the base logits in stage 2
+    stage2_base_loss: bool = True  # keep the adaptive-threshold loss on the base logits in stage 2 (False lost on CDR)
     base_head: Literal["fnn", "bilinear"] = "fnn"  # FNN of eq. 2-3 (paper) / ATLOP's group bilinear (release)
     bilinear_block: int = 64
     inference: InferenceConfig = field(default_factory=InferenceConfig)
