@@ -80,7 +80,7 @@ def stage2_defaults() -> dict:
     """This code's stage-2 model settings, spelled out: a stage-1 checkpoint written by older code
     would otherwise lend its own (legacy) values to the variants that leave a setting alone."""
     from docre.model.docre_ii import ModelConfig
-    from docre.train import BASE_KEYS
+    from docre.training.train import BASE_KEYS
     d = ModelConfig().to_dict()
     out = {k: v for k, v in d.items() if k not in BASE_KEYS and k != "inference"}
     out["inference"] = {k: v for k, v in d["inference"].items() if k not in ("hidden", "num_relations")}
@@ -129,7 +129,7 @@ def best_epoch(history: list[dict], k: str) -> dict:
 
 def report(args: argparse.Namespace) -> None:
     from docre.model.docre_ii import DocREModel
-    from docre.model.inference import classifier_weight_shares
+    from docre.training.report import classifier_weight_shares
     config = yaml.safe_load(Path(args.config).read_text())
     root = Path(config["out_dir"])
     ks = config.get("eval_iterations", [0, 1, 2, 3])

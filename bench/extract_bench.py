@@ -66,7 +66,7 @@ def default_model(root: Path) -> str:
 
 def planning_time(root: Path, parts: int = 2000, inputs: int = 20) -> dict:
     from docre import extract as ex
-    from docre.storage import write_json_atomic
+    from docre.registry.storage import write_json_atomic
     work = root / "plan_work"
     shutil.rmtree(work, ignore_errors=True)
     manifests = []
@@ -80,7 +80,7 @@ def planning_time(root: Path, parts: int = 2000, inputs: int = 20) -> dict:
         write_json_atomic(f"{base}/manifest.json", m)
         manifests.append(f"{base}/manifest.json")
     t0 = time.perf_counter()
-    from docre.storage import read_json
+    from docre.registry.storage import read_json
     loaded = [read_json(u) for u in manifests]
     planned = ex.plan_parts(loaded)
     pending, _ = ex.pending_parts(planned, str(root / "plan_out"), "v1")

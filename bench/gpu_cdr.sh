@@ -8,7 +8,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python - <<PY
 import json, os, sys, time
 sys.path.insert(0, os.getcwd())
-from docre.train import TrainConfig, train
+from docre.training.train import TrainConfig, train
 cfg = TrainConfig.from_yaml("configs/cdr.yaml").model_copy(update={
     "out_dir": "runs/cdr_gpu", "stages": [int(s) for s in "$STAGES".split(",")], "progress": False})
 cfg.model["encoder"] = "carry/minilm-fp16"

@@ -224,7 +224,7 @@ def f1_rows(model_dir: str, data: str, k: int, threads: int, batch_size: int) ->
     import torch
 
     from docre.model.docre_ii import DocREModel
-    from docre.train import evaluate, load_split
+    from docre.training.train import evaluate, load_split
     torch.set_num_threads(threads)
     examples, docs = load_split(data)
     out = []

@@ -22,9 +22,9 @@ from prefect.states import Failed
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect_dask import DaskTaskRunner
 
-from docre import store
+from docre.registry import store
 from docre.extract import Part, PrepareConfig, pending_parts, plan_parts, write_plan
-from docre.storage import join, redact_url
+from docre.registry.storage import join, redact_url
 from tasks.extract import aggregate, extract_part, list_inputs, prepare_input, publish_report, resolve_model, summarize
 
 InputFormat = Literal["docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed"]

@@ -37,10 +37,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from docre import store
-from docre.champion import percent_by_k
+from docre.registry import store
+from docre.registry.promotion import percent_by_k
 from docre.extract import redact_url
-from docre.train import TrainConfig
+from docre.training.train import TrainConfig
 from tasks.data import tokenize
 from tasks.training import compare_with_champion, emit_model_event, evaluate, publish_model, train_stage
 

@@ -9,9 +9,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from docre import extract as lib
-from docre import store
+from docre.registry import store
 from docre.extract import Part, PartResult, PrepareConfig
-from docre.storage import redact_url
+from docre.registry.storage import redact_url
 
 # Fault injection for resilience tests and chaos drills, off unless set: when the
 # directory named by this variable holds a file called `<part id>` or `any`, the

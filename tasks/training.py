@@ -12,10 +12,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from docre import extract as lib
-from docre import store
-from docre.champion import PromotionDecision, comparison_markdown, decide_promotion, percent_by_k
-from docre.train import StageResult, TrainConfig, load_split, resolve_device, train
-from docre.train import evaluate as evaluate_model
+from docre.registry import store
+from docre.registry.promotion import PromotionDecision, comparison_markdown, decide_promotion, percent_by_k
+from docre.training.train import StageResult, TrainConfig, load_split, resolve_device, train
+from docre.training.train import evaluate as evaluate_model
 
 # Fault injection for the resume test and chaos drills, off unless set (the same variable as
 # tasks/extract.py): when the directory holds a file `train-stage<s>-epoch<e>`, the stage deletes it
@@ -39,7 +39,7 @@ def _inject_fault(stage: int, epoch: int, run_dir: str) -> None:
 
 @task(name="train-stage", task_run_name="train-stage-{stage}", cache_policy=NO_CACHE)
 def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progress_every: int = 20) -> StageResult:
-    """One DocRE-II stage via `docre.train.train`, resuming from saved state.
+    """One DocRE-II stage via `docre.training.train.train`, resuming from saved state.
 
     The state lives in cfg.out_dir/stage<n> (local) and, with `work_url`, is
     pushed to `work_url/stage<n>` after every epoch and pulled from there
@@ -82,7 +82,7 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
                                  description=f"stage {stage} epoch {record['epoch']}/{sc.epochs}: "
                                              f"loss {record['loss']:.4f}, dev F1 {f1}, "
                                              f"{record['train_docs_per_s']:.1f} docs/s")
-        # the only per-epoch log line: docre.train prints its JSON record only when no callback reports it
+        # the only per-epoch log line: docre.training.train prints its JSON record only when no callback reports it
         logger.info("stage %d epoch %d/%d: loss %.4f, dev F1 %s, %.1f docs/s", stage, record["epoch"], sc.epochs,
                     record["loss"], f1, record["train_docs_per_s"])
         _inject_fault(stage, record["epoch"], cfg.out_dir)
@@ -98,7 +98,7 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
 def evaluate(cfg: TrainConfig, best_dir: str, histories: list[list[dict]], report_dir: str) -> dict:
     """Dev scores at every K in cfg.eval_iterations, as a table artifact and a markdown report with plots."""
     from docre.model.docre_ii import DocREModel
-    from docre.report import build_report, per_relation_rows
+    from docre.training.report import build_report, per_relation_rows
 
     model = DocREModel.from_pretrained(best_dir, resolve_device(cfg.device))
     examples, docs = load_split(cfg.dev_data, cfg.limit_dev)
@@ -116,7 +116,7 @@ def evaluate(cfg: TrainConfig, best_dir: str, histories: list[list[dict]], repor
 
 def _score(checkpoint_dir: str, data_url: str, iterations: list[int], compare_k: int, device: str) -> dict:
     from docre.model.docre_ii import DocREModel
-    from docre.report import per_relation_rows
+    from docre.training.report import per_relation_rows
     model = DocREModel.from_pretrained(checkpoint_dir, resolve_device(device))
     examples, docs = load_split(data_url)
     metrics = evaluate_model(model, examples, docs, iterations)

@@ -28,12 +28,14 @@ BENCH = Path(__file__).parent.parent / "bench"
 
 
 def load_bench(name: str):
-    """A script under bench/ as a module (bench/ is scripts, not a package), for testing its functions."""
+    """A script under bench/ (e.g. "ablation", "probes/threshold_free") as a module, for testing its
+    functions: bench/ is scripts, not a package."""
     import importlib.util
     import sys
-    if str(BENCH) not in sys.path:  # as when the script runs: its neighbours (result_rows) import
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    path = BENCH / f"{name}.py"
+    if str(path.parent) not in sys.path:  # as when the script runs: its neighbours (result_rows) import
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

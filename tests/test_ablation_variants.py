@@ -10,10 +10,10 @@ import torch
 
 from docre.model.base import GroupBilinear
 from docre.model.docre_ii import DocREModel, ModelConfig
-from docre.model.inference import (ExtendedCrossAttention, InferenceConfig, InferenceLayer,
-                                   classifier_weight_shares, inject_noise_predicted, inject_noise_release,
-                                   pair_mask_from_entities)
-from docre.train import stage2_start
+from docre.model.inference import ExtendedCrossAttention, InferenceConfig, InferenceLayer, pair_mask_from_entities
+from docre.model.noise import inject_noise_predicted, inject_noise_release
+from docre.training.report import classifier_weight_shares
+from docre.training.train import stage2_start
 
 from test_model import docs as docs_fixture  # noqa: F401  (module-scoped CDR documents)
 from test_inference_module import naive_eca
@@ -193,7 +193,7 @@ def test_heads_are_float32_under_bf16_autocast(tiny_encoder):
     """Under bf16 autocast (the GPU default) the layers run in bf16, but eq. 4 and eq. 12's classifiers,
     the argmax that builds the next R_0 and the summed output are float32."""
     from docre.model.base import BaseHeadPlan
-    from docre.model.inference import InferencePlan
+    from docre.model.plan import InferencePlan
     m = make_model(tiny_encoder, num_layers=1, output="sum").eval()
     D_enc = m.base.encoder.hidden_size
     g = torch.Generator().manual_seed(0)
@@ -288,10 +288,10 @@ def test_stage2_start_fresh_inference_is_the_same_for_every_variant(tiny_encoder
 
 # ------------------------------------------------------------------------------------------ reliance probe
 def test_relation_reliance_sources():
-    """bench/relation_reliance.py: each probe source builds the R_0 label ids it names, and only on
+    """bench/probes/relation_reliance.py: each probe source builds the R_0 label ids it names, and only on
     candidate pairs."""
     from conftest import load_bench
-    probe = load_bench("relation_reliance")
+    probe = load_bench("probes/relation_reliance")
     cand = torch.tensor([[[False, True, True], [True, False, False], [False, False, False]]])
     logits = torch.zeros(1, 3, 3, 2)
     logits[0, 0, 1, 1] = 5.0  # base predicts a relation for (0, 1) only
@@ -311,10 +311,10 @@ def test_relation_reliance_sources():
 
 # ------------------------------------------------------------------------------------------ ranking probe
 def test_threshold_free_scores_hand_case():
-    """bench/threshold_free.py on five ranked candidates, three of them gold, and one gold fact no
+    """bench/probes/threshold_free.py on five ranked candidates, three of them gold, and one gold fact no
     candidate holds (n_gold = 4)."""
     from conftest import load_bench
-    probe = load_bench("threshold_free")
+    probe = load_bench("probes/threshold_free")
     margins = torch.tensor([-0.5, 2.0, -1.0, 1.0, 0.5])
     gold = torch.tensor([True, True, False, False, True])
     r = probe.ranking_scores(margins, gold, n_gold=4)
@@ -328,7 +328,7 @@ def test_threshold_free_cut_never_splits_ties():
     """Two candidates with one margin are predicted together or not at all, so the best F1 here is 2/3,
     not the 1.0 of taking only the gold one."""
     from conftest import load_bench
-    probe = load_bench("threshold_free")
+    probe = load_bench("probes/threshold_free")
     r = probe.ranking_scores(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), n_gold=1)
     assert r["best"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="gold"):

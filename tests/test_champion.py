@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import FIXTURES
-from docre import store
+from docre.registry import store
 from docre.cli import main as docre_cli
 
 CDR = str(FIXTURES / "cdr_sample.data")

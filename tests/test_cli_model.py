@@ -11,7 +11,7 @@ import yaml
 from conftest import FIXTURES
 from docre.cli import main
 from docre.data.atlop import read_atlop
-from docre.metrics import read_docred_result
+from docre.training.metrics import read_docred_result
 from docre.model.docre_ii import DocREModel
 
 DATA = FIXTURES / "cdr_sample.data"

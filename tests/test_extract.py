@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from docre import extract as ex
-from docre import store as model_store
+from docre.registry import store as model_store
 from docre.data.docred import write_docred
 from docre.data.document import RelationInventory, cdr_inventory
 from docre.data.io import read_documents
@@ -144,7 +144,7 @@ def corpus(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stub(tiny_encoder):
-    from docre.pretrained import load_tokenizer
+    from docre.data.pretrained import load_tokenizer
     return ChemDisModel(load_tokenizer(tiny_encoder))
 
 

@@ -19,7 +19,7 @@ os.environ["DOCRE_READ_LOG"] = str(READ_LOG)  # every raw-input read, from any p
 
 from conftest import BUCKET  # noqa: E402
 from docre import extract as ex  # noqa: E402
-from docre import store as model_store  # noqa: E402
+from docre.registry import store as model_store  # noqa: E402
 from docre.data.document import cdr_inventory  # noqa: E402
 from docre.data.io import ReadOptions, read_documents  # noqa: E402
 from test_extract import write_corpus  # noqa: E402

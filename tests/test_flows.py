@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import BUCKET
 from docre import extract as ex
-from docre import store as model_store
+from docre.registry import store as model_store
 from docre.data.document import cdr_inventory
 from test_extract import CDR
 

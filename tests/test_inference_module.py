@@ -1,4 +1,4 @@
-"""Tests for docre.model.inference (paper Sec. 2.2-2.3). Tiny dims, CPU only."""
+"""Tests for docre.model.inference, noise and the contrastive losses (paper Sec. 2.2-2.3). Tiny dims, CPU only."""
 import math
 
 import pytest
@@ -11,14 +11,10 @@ from docre.model.inference import (
     InferenceModule,
     SimSiamPredictor,
     entity_mask_from_counts,
-    inject_noise,
-    noise_count,
     pair_mask_from_entities,
-    reversed_view,
-    sample_noise_rate,
-    simclr_loss,
-    simsiam_loss,
 )
+from docre.model.losses import reversed_view, simclr_loss, simsiam_loss
+from docre.model.noise import inject_noise, noise_count, sample_noise_rate
 
 D = 8
 N = 5

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from docre.data.document import Document, Entity, Fact, Mention
-from docre.metrics import (PRF, DocREDScores, Prediction, cdr_scores, docred_scores, format_table,
+from docre.training.metrics import (PRF, DocREDScores, Prediction, cdr_scores, docred_scores, format_table,
                            inference_pairs, read_docred_result, write_docred_result)
 
 

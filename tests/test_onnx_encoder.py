@@ -168,7 +168,7 @@ def test_cli_runtime_onnx(tiny_encoder, tmp_path):
 def test_cli_runtime_option_parses():
     import argparse
 
-    from docre.commands import add_model_commands
+    from docre.cli.commands import add_model_commands
     parser = argparse.ArgumentParser()
     add_model_commands(parser.add_subparsers(dest="command"))
     for command in (["predict", "m", "in.pubtator", "out.jsonl"], ["evaluate", "m", "data"]):

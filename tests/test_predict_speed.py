@@ -63,7 +63,7 @@ def reference_decisions(model: DocREModel, examples: list[Example], K: int, batc
     for chunk in bucketed_batches(examples, batch_size, shuffle=False, max_tokens=8192):
         batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0)
         steps = model.iteration_logits(batch, K)
-        per_k = [model._decode((model.final_logits(steps[:k + 1]) if k > 0 else steps[0]).float(),
+        per_k = [model.decode_logits((model.final_logits(steps[:k + 1]) if k > 0 else steps[0]).float(),
                                batch.candidate_mask) for k in range(K + 1)]
         for b, doc_id in enumerate(batch.doc_ids):
             out[doc_id] = [d[b] for d in per_k]
@@ -227,7 +227,7 @@ def test_int8_prediction_runs_and_mostly_agrees(tiny_encoder):
 def test_cli_prediction_options_parse():
     import argparse
 
-    from docre.commands import add_model_commands
+    from docre.cli.commands import add_model_commands
     parser = argparse.ArgumentParser()
     add_model_commands(parser.add_subparsers(dest="command"))
     for command in (["predict", "m", "in.pubtator", "out.jsonl"], ["evaluate", "m", "data"]):
@@ -244,7 +244,7 @@ def test_converged_documents_are_not_recomputed(tiny_encoder, relation_matrix, m
     prediction stops recomputing it, with the same logits as running every iteration. A document with
     one entity (no pair) is fixed from the start; the others go on in a sub-batch."""
     from docre.data.document import Document, Entity, Mention
-    from docre.model.inference import InferencePlan
+    from docre.model.plan import InferencePlan
     docs, inventory = docred_docs()
     model = make_model(tiny_encoder, inventory, seed=1, inference={"relation_matrix": relation_matrix})
     alone = Document("one-entity", [["Lisbon", "is", "a", "city", "."]], [Entity([Mention(0, 0, 1, "Lisbon")], "LOC")],

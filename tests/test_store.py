@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from docre import store
-from docre.champion import comparison_markdown, decide_promotion
+from docre.registry import store
+from docre.registry.promotion import comparison_markdown, decide_promotion
 from docre.cli import main as docre_cli
 
 

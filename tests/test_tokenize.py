@@ -12,7 +12,7 @@ from docre.cli import main
 from docre.data.atlop import read_atlop
 from docre.data.document import DocumentError, Document, Entity, Fact, Mention, cdr_inventory
 from docre.data.tokenize import TokenizeConfig, encode_document, read_manifest, read_parquet_rows, tokenize_to_parquet
-from docre.pretrained import load_tokenizer
+from docre.data.pretrained import load_tokenizer
 
 DATA = FIXTURES / "cdr_sample.data"
 

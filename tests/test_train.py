@@ -1,4 +1,4 @@
-"""Two-stage training (docre.train): checkpoints, exact resume, learning-rate schedule, gradient accumulation.
+"""Two-stage training (docre.training.train): checkpoints, exact resume, learning-rate schedule, gradient accumulation.
 
 Trains the tiny random BERT of conftest on the three documents of the ``.data`` fixture; every run is a few
 optimizer steps.
@@ -16,7 +16,7 @@ from docre.data.batch import collate
 from docre.data.document import cdr_inventory
 from docre.data.tokenize import TokenizeConfig, read_parquet_rows, tokenize_to_parquet
 from docre.model.docre_ii import DocREModel, ModelConfig
-from docre.train import (StageConfig, TrainConfig, evaluate, linear_schedule, load_split, load_state, param_groups,
+from docre.training.train import (StageConfig, TrainConfig, evaluate, linear_schedule, load_split, load_state, param_groups,
                          save_state, stage2_start, train, train_stage)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cdr_sample.data"
@@ -352,11 +352,11 @@ def test_ablation_plan_stage2_overrides(tmp_path):
 
 
 def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
-    """bench/train_dev_gap.py: F1 per split is what `evaluate` gives on that split, and the gap is
+    """bench/probes/train_dev_gap.py: F1 per split is what `evaluate` gives on that split, and the gap is
     train minus dev."""
     import pyarrow.parquet as pq
     from conftest import load_bench
-    probe = load_bench("train_dev_gap")
+    probe = load_bench("probes/train_dev_gap")
     dev = tmp_path / "dev"
     dev.mkdir()
     pq.write_table(pq.read_table(Path(dataset) / "data.parquet").slice(0, 1), dev / "data.parquet")
@@ -376,10 +376,10 @@ def test_train_dev_gap_probe(dataset, tiny_encoder, tmp_path):
 
 
 def test_output_modes_probe(dataset, tiny_encoder, tmp_path):
-    """bench/output_modes.py: "last" is P^(K), "sum" the release's sum of base and iteration logits,
+    """bench/probes/output_modes.py: "last" is P^(K), "sum" the release's sum of base and iteration logits,
     each as `evaluate` scores the model with that output; K0 is the base in both."""
     from conftest import load_bench
-    probe = load_bench("output_modes")
+    probe = load_bench("probes/output_modes")
     cfg = config(dataset, tiny_encoder, tmp_path)
     model = fresh_model(cfg, seed=3).eval()
     model.save_pretrained(tmp_path / "ckpt")
@@ -396,10 +396,10 @@ def test_output_modes_probe(dataset, tiny_encoder, tmp_path):
 
 
 def test_threshold_free_probe(dataset, tiny_encoder, tmp_path):
-    """bench/threshold_free.py: its F1 at the learned threshold is the F1 `evaluate` reports at each K
+    """bench/probes/threshold_free.py: its F1 at the learned threshold is the F1 `evaluate` reports at each K
     (one relation, so no `max_labels` cap applies), and no cut or ranking score is out of range."""
     from conftest import load_bench
-    probe = load_bench("threshold_free")
+    probe = load_bench("probes/threshold_free")
     cfg = config(dataset, tiny_encoder, tmp_path)
     model = fresh_model(cfg, seed=3).eval()
     model.save_pretrained(tmp_path / "ckpt")
@@ -412,9 +412,9 @@ def test_threshold_free_probe(dataset, tiny_encoder, tmp_path):
 
 
 def test_probe_rows_merge_by_checkpoint(tmp_path):
-    """bench/result_rows.py: probing a checkpoint again replaces its row; other rows stay, in order."""
+    """bench/probes/result_rows.py: probing a checkpoint again replaces its row; other rows stay, in order."""
     from conftest import load_bench
-    merge_rows = load_bench("result_rows").merge_rows
+    merge_rows = load_bench("probes/result_rows").merge_rows
     path = tmp_path / "rows.json"
     merge_rows(path, [{"checkpoint": "a", "f1": 1}, {"checkpoint": "b", "f1": 2}])
     merge_rows(path, [{"checkpoint": "a", "f1": 3}, {"checkpoint": "c", "f1": 4}])

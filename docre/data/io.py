@@ -21,20 +21,23 @@ known) and reading goes on with the next input.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
-import lzma
 import tarfile
-import zlib
 from dataclasses import dataclass
 from typing import IO, Iterable, Iterator, Literal
 
 import fsspec
 
+from .atlop import read_atlop
+from .bioc import iter_bioc_json, iter_bioc_xml, read_bioc
+from .docred import read_docred, read_rel_info
 from .document import (Document, DocumentError, RelationInventory, cdr_inventory, drop_unknown_relations,
                        keep_entity_types)
+from .pubmed import ConceptIndex, concept_index_for, read_pubmed
+from .pubtator import read_pubtator
+from .streams import STREAM_ERRORS, CountingReader, iter_lines, open_binary, open_text, stream_error
 
 Format = Literal["docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed"]
 FORMATS: tuple[str, ...] = ("docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed")
@@ -117,75 +120,6 @@ def sniff_xml(head: bytes, url: str = "") -> Format:
     raise ValueError(f"{url}: XML that is neither a BioC <collection> nor a <PubmedArticleSet>")
 
 
-# ---------------------------------------------------------------- bytes and lines with positions
-
-# a broken byte stream: the file's fault, so quarantined in lenient mode. Other OSErrors (missing object,
-# network, credentials) propagate: they are the environment's fault and a retry may cure them.
-_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError, lzma.LZMAError)
-
-
-class _Counting(io.RawIOBase):
-    """Counts the (decompressed) bytes read, so a stream error can say how far the file was readable."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f, self.pos = f, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        # read1: at most one read underneath, so data decompressed before a truncation point is not thrown away
-        data = self.f.read1(len(b)) if hasattr(self.f, "read1") else self.f.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.pos += n
-        return n
-
-
-def stream_error(source: str, err: BaseException, pos: int | None = None, line: int | None = None) -> DocumentError:
-    """One DocumentError for a broken byte stream: which file, how far it was readable, what broke."""
-    if isinstance(err, DocumentError):
-        return err
-    where = ", ".join(x for x in (f"line {line}" if line else "", f"byte {pos}" if pos is not None else "") if x) \
-        or "file"
-    kind = {EOFError: "truncated compressed file", zlib.error: "corrupt compressed data",
-            gzip.BadGzipFile: "not a valid gzip file"}.get(type(err))
-    if isinstance(err, tarfile.TarError):
-        kind = "corrupt or truncated tar archive"
-    problem = f"{kind}: {err}" if kind else f"{type(err).__name__}: {err}"
-    out = DocumentError(source, where, problem)
-    out.stream = True  # the byte stream itself broke: nothing after this point can be read
-    return out
-
-
-def open_binary(url: str) -> IO[bytes]:
-    """A binary stream of `url`, decompressed by its name (.gz, .bz2, .xz, .zst)."""
-    return fsspec.open(url, "rb", compression="infer").open()
-
-
-def iter_lines(url: str, f: IO[bytes] | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a text file; a BOM is dropped, bytes that are not UTF-8 survive as surrogates.
-
-    Readers find those surrogates with `docre.data.validate.bad_utf8` and
-    quarantine just the document they are in; a broken compressed stream
-    raises DocumentError with the line and byte reached.
-    """
-    own = f is None
-    raw = _Counting(open_binary(url) if own else f)
-    n = 0
-    try:
-        for n, line in enumerate(io.BufferedReader(raw, 1 << 20), 1):
-            text = line.decode("utf-8", "surrogateescape")
-            if n == 1:
-                text = text.removeprefix("\ufeff")
-            yield n, text
-    except _STREAM_ERRORS as e:
-        raise stream_error(url, e, raw.pos, n + 1) from None
-    finally:
-        if own:
-            raw.f.close()
-
-
 # ---------------------------------------------------------------- reading
 
 def read_documents(url: str, format: Format | None = None, inventory: RelationInventory | None = None,
@@ -236,7 +170,7 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
 
 def _archive_members(url: str) -> Iterator[tuple[str, IO[bytes] | None]]:
     """(url!member, its stream) for each regular file of a tar archive, read once, front to back."""
-    raw = _Counting(open_binary(url))
+    raw = CountingReader(open_binary(url))
     try:
         with tarfile.open(fileobj=io.BufferedReader(raw, 1 << 20), mode="r|*") as tar:
             for member in tar:
@@ -244,7 +178,7 @@ def _archive_members(url: str) -> Iterator[tuple[str, IO[bytes] | None]]:
                 if not member.isfile() or name.startswith((".", "_")):
                     continue
                 yield f"{url}!{member.name}", tar.extractfile(member)
-    except _STREAM_ERRORS as e:
+    except STREAM_ERRORS as e:
         raise stream_error(url, e, raw.pos) from None
     finally:
         raw.f.close()
@@ -259,16 +193,11 @@ def _head(f: IO[bytes], n: int = 4096) -> tuple[bytes, IO[bytes]]:
 def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inventory: RelationInventory | None,
               quarantine: list[Quarantined] | None, options: ReadOptions, counts: dict | None,
               deleted: list[str] | None) -> Iterator[Document]:
-    from .bioc import iter_bioc_json, iter_bioc_xml, read_bioc
-    from .docred import read_docred
-    from .pubmed import ConceptIndex, concept_index_for, read_pubmed
-    from .pubtator import read_pubtator
-
     on_error = None if quarantine is None else (lambda err: quarantine.append(Quarantined.of(err)))
     f = counting = None
     try:
         f = member if member is not None else open_binary(source)
-        counting = _Counting(f)
+        counting = CountingReader(f)
         head, stream = _head(counting)
         if not head.strip(b"\xef\xbb\xbf \t\r\n"):
             return  # an empty file holds no documents
@@ -280,7 +209,6 @@ def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inve
             elif fmt == "docred":
                 yield from read_docred(lines, source, inventory, on_error=on_error)
             else:
-                from .atlop import read_atlop
                 relation = "CID" if inventory is None or len(inventory) < 2 else inventory.ids[1]
                 yield from read_atlop(lines, source, relation=relation, on_error=on_error)
         elif fmt == "bioc_xml":
@@ -294,7 +222,7 @@ def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inve
             yield from read_pubmed(stream, source, index, inventory, options.unlinked, on_error, counts, deleted)
         else:
             raise ValueError(f"unknown format {fmt!r}")
-    except _STREAM_ERRORS as e:
+    except STREAM_ERRORS as e:
         raise stream_error(source, e, counting.pos if counting is not None else None) from None
     finally:
         if member is None and f is not None:
@@ -319,8 +247,6 @@ def _load_json(f: IO[bytes], source: str):
 
 def load_inventory(spec: str | None, docs: Iterable[Document] = ()) -> RelationInventory:
     """'cdr' (Chemical->Disease CID), a rel_info.json URL (DocRED), an inventory JSON, or inferred from docs."""
-    from .docred import read_rel_info
-
     if spec == "cdr":
         return cdr_inventory()
     if spec:
@@ -340,7 +266,3 @@ def checksum(urls: Iterable[str]) -> str:
                 h.update(chunk)
     return h.hexdigest()
 
-
-def open_text(url: str):
-    """A text stream of `url` (UTF-8, decompressed by name), for small files such as inventories."""
-    return fsspec.open(url, "rt", compression="infer", encoding="utf-8")

@@ -26,6 +26,7 @@ from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .assemble import AssembleOptions, RawDocument, RawMention, assemble, join_passages, split_ids
 from .document import Document, DocumentError, RelationInventory
+from .streams import iter_lines
 from .xmlstream import iter_records
 
 
@@ -83,7 +84,6 @@ def build_concept_index(concepts_url: str, index_url: str, run_rows: int = 1_000
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .io import iter_lines
 
     t0 = time.time()
     fs, root = fsspec.core.url_to_fs(index_url)

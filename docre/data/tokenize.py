@@ -24,7 +24,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..pretrained import DEFAULT_ENCODER, load_tokenizer, vocab_hash
+from .pretrained import DEFAULT_ENCODER, load_tokenizer, vocab_hash
 from .document import Document, DocumentError, RelationInventory
 from .io import Quarantined, checksum, load_inventory, read_documents
 

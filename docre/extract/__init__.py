@@ -9,11 +9,14 @@
 * `aggregate` applies PubMed revisions and deletions and builds the graph.
 
 The Prefect tasks in ``tasks/extract.py`` call these functions; so can a plain script or a test.
-Models are published and loaded by `docre.store`; storage helpers live in `docre.storage`.
+Models are published and loaded by `docre.registry.store`; storage helpers live in `docre.registry.storage`.
+
+May import `docre.data`, `docre.model`, `docre.training` and `docre.registry`; imported by `docre.cli`.
+No Prefect.
 """
 from __future__ import annotations
 
-from ..storage import redact_url, write_bytes_atomic
+from ..registry.storage import redact_url, write_bytes_atomic
 from .aggregate import GRAPH_FILE, aggregate, read_graph
 from .plan import (Part, PrepareConfig, input_fingerprint, list_inputs, load_plan, plan_parts, read_input_manifest,
                    write_plan)

@@ -19,7 +19,7 @@ import time
 import polars as pl
 import pyarrow.parquet as pq
 
-from ..storage import fs_of, join, write_bytes_atomic
+from ..registry.storage import fs_of, join, write_bytes_atomic
 from .plan import Part
 from .run import read_triples
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable
 
 from ..data.io import FORMATS, detect_format, is_archive
-from ..storage import exists, fs_of, full_url, join, read_json
+from ..registry.storage import exists, fs_of, full_url, join, read_json
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 PREPARE_SCHEMA_VERSION = 1
@@ -137,7 +137,7 @@ def plan_parts(manifests: list[dict]) -> list[Part]:
 
 def write_plan(out_url: str, manifests: list[dict]) -> None:
     """Record the run's inputs in rank order (their prepare manifests), so the output can be re-aggregated."""
-    from ..storage import write_json_atomic
+    from ..registry.storage import write_json_atomic
     write_json_atomic(join(out_url, "_plan.json"), {
         "inputs": [m["input_url"] for m in manifests],
         "manifests": [join(m["prepared_url"], "manifest.json") for m in manifests]})

@@ -33,8 +33,8 @@ from ..data.document import RelationInventory
 from ..data.io import Quarantined, ReadOptions, read_documents
 from ..data.tokenize import SCHEMA as TOKEN_SCHEMA
 from ..data.tokenize import encode_document
-from ..pretrained import vocab_hash
-from ..storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
+from ..data.pretrained import vocab_hash
+from ..registry.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
 from .plan import PrepareConfig, input_fingerprint, input_key, prepared_dir, read_input_manifest
 
 PART_SCHEMA = TOKEN_SCHEMA.append(pa.field("record", pa.int64()))  # the document's record index in its input

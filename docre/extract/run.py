@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from ..data.assemble import namespaced_id
 from ..data.batch import Example
 from ..data.document import Document
-from ..storage import exists, fs_of, join, list_files, read_json, write_bytes_atomic
+from ..registry.storage import exists, fs_of, join, list_files, read_json, write_bytes_atomic
 from .plan import Part
 
 SCHEMA_VERSION = 2

@@ -20,10 +20,10 @@ from ..data.batch import Batch, Example, collate, prediction_batches
 from ..data.document import Document, RelationInventory
 from .base import BaseHeadPlan, BaseModule, BaseOutput
 from .encoder import WindowedEncoder, load_encoder
-from .inference import (ExtendedCrossAttention, InferenceConfig, InferenceModule, InferencePlan, inject_noise,
-                        inject_noise_predicted, inject_noise_release, pair_mask_from_entities, reversed_view,
-                        sample_noise_rate, simclr_loss, simsiam_loss)
-from .losses import adaptive_threshold_loss, threshold_decode
+from .inference import ExtendedCrossAttention, InferenceConfig, InferenceModule, pair_mask_from_entities
+from .losses import adaptive_threshold_loss, reversed_view, simclr_loss, simsiam_loss, threshold_decode
+from .noise import inject_noise, inject_noise_predicted, inject_noise_release, sample_noise_rate
+from .plan import InferencePlan
 
 
 @dataclass
@@ -152,7 +152,7 @@ class DocREModel(nn.Module):
     # ----------------------------------------------------------------- construction / checkpoints
     @staticmethod
     def create(config: ModelConfig, inventory: RelationInventory, pretrained: bool = True) -> "DocREModel":
-        from ..pretrained import load_tokenizer
+        from ..data.pretrained import load_tokenizer
         config.num_relations = len(inventory)
         config.__post_init__()
         model = DocREModel(config, load_encoder(config.encoder, config_only=not pretrained),
@@ -405,19 +405,19 @@ class DocREModel(nn.Module):
                 batch = collate(chunk, self.inventory, self.tokenizer.pad_token_id or 0).to(device)
                 if lap:
                     lap("collate")
-                with _autocast(device):
+                with precision_autocast(device):
                     steps = self.prediction_logits(batch, K, plans, lap)
                 per_k = []
                 for k in range(K + 1):
                     logits = (self.final_logits(steps[:k + 1]) if k > 0 else steps[0]).float()
-                    per_k.append(self._decode(logits, batch.candidate_mask))
+                    per_k.append(self.decode_logits(logits, batch.candidate_mask))
                 for b, doc_id in enumerate(batch.doc_ids):
                     results[doc_id] = [decisions[b] for decisions in per_k]
                 if lap:
                     lap("decode")
         return results
 
-    def _decode(self, logits: torch.Tensor, cand: torch.Tensor) -> list[list[tuple]]:
+    def decode_logits(self, logits: torch.Tensor, cand: torch.Tensor) -> list[list[tuple]]:
         B = logits.shape[0]
         out: list[list[tuple]] = [[] for _ in range(B)]
         idx = cand.nonzero()  # [P, 3] (b, h, t)
@@ -459,7 +459,8 @@ class DocREModel(nn.Module):
         return out
 
 
-def _autocast(device: torch.device):
+def precision_autocast(device: torch.device):
+    """bf16 autocast on CUDA (the heads stay fp32 through linear_fp32); plain fp32 everywhere else."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from ..pretrained import resolve_encoder
+from ..data.pretrained import resolve_encoder
 
 
 def load_encoder(name: str | None, config_only: bool = False, config_overrides: dict | None = None) -> nn.Module:

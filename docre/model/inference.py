@@ -1,4 +1,5 @@
-"""Inference module of DocRE-II (paper Sec. 2.2) and its stage-2 training helpers (Sec. 2.3).
+"""Inference module of DocRE-II (paper Sec. 2.2, eq. 5-12): Extended Cross Attention over the
+pair grid, the fusion gate, the residual updates, the classifier, and the test-time iteration.
 
 Shapes used throughout (B documents, N = max entities in the batch, d = hidden size):
 
@@ -16,12 +17,15 @@ Extended Cross Attention (eq. 5-7) is computed *axially*: every head is ordinary
 over a line of length N (one row or one column of the pair grid), batched over ``B * N`` lines,
 so memory grows as ``N^2 d`` for the activations plus ``4 B N^3`` scalar scores, and no per-pair
 copy of a row or column is ever gathered.
+
+Stage-2 training helpers live beside this file: the noise of Sec. 2.3 in ``noise.py``, the
+contrastive losses (eq. 14) in ``losses.py``; the prediction-time form of this module in ``plan.py``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as Fn
@@ -31,22 +35,13 @@ __all__ = [
     "InferenceConfig",
     "pair_mask_from_entities",
     "entity_mask_from_counts",
+    "linear_fp32",
     "ExtendedCrossAttention",
     "FullPairAttention",
     "FeedForward",
     "InferenceLayer",
     "InferenceModule",
-    "InferencePlan",
-    "classifier_weight_shares",
     "SimSiamPredictor",
-    "inject_noise",
-    "inject_noise_predicted",
-    "inject_noise_release",
-    "noise_count",
-    "sample_noise_rate",
-    "simsiam_loss",
-    "simclr_loss",
-    "reversed_view",
 ]
 
 NUM_ECA_HEADS = 4
@@ -560,274 +555,3 @@ class InferenceModule(nn.Module):
             outputs.append(logits)
             prev = logits
         return outputs
-
-
-def classifier_weight_shares(module: InferenceModule) -> dict[str, float]:
-    """Paper Figure 5 / Sec. 3.6: the average absolute weight of eq. 12's classifier W_c on the feature
-    half ``F_NI`` and on the relation half ``R_NI`` of its input -- how much the prediction leans on
-    each matrix (the paper: 0.045 vs 0.007 without the contrastive loss, 0.026 vs 0.023 with it)."""
-    d = module.cfg.hidden
-    w = module.classifier.weight.detach().abs().float()
-    return {"feature": w[:, :d].mean().item(), "relation": w[:, d:].mean().item()}
-
-
-def _fused_qkv(layer: InferenceLayer, d: int) -> tuple[Tensor, Tensor]:
-    """Q, K, V of both attention units of a layer as one ``[6d, 2d]`` map of ``M = [F, R]`` (and its bias).
-    Queries from the unit's own matrix become maps of M that are zero on the other half."""
-    weights, biases = [], []
-    for unit, half in ((layer.feature_attn, 0), (layer.relation_attn, 1)):
-        q = unit.q_proj.weight
-        if q.shape[1] == d:  # own queries: F (half 0) or R (half 1)
-            z = torch.zeros_like(q)
-            q = torch.cat([q, z] if half == 0 else [z, q], dim=1)
-        weights += [q, unit.k_proj.weight, unit.v_proj.weight]
-        biases += [unit.q_proj.bias, unit.k_proj.bias, unit.v_proj.bias]
-    return torch.cat(weights), torch.cat(biases)
-
-
-class InferencePlan(nn.Module):
-    """Prediction-time form of an :class:`InferenceModule` (eval only; same math, less work).
-
-    Across the K test-time iterations F_0 never changes, so the first layer's projections of M_0 =
-    [F_0, R_0] are split by linearity, ``W [F_0, R_0] + b = (W_F F_0 + b) + W_R R_0``: the feature
-    half is computed once per batch (:meth:`first_features`), and with the paper's argmax relation
-    matrix ``W_R R_0 = (W_R emb)[argmax]`` is a row lookup in a precomputed ``[C, 6d]`` table. The
-    Q, K and V maps of both attention units of a layer run as one fused matmul. The layers' own
-    ``attend`` (eq. 6-7), ``update`` (eq. 8-11) and the module's ``classify`` (eq. 12) do the rest.
-    Built from the module's current weights; build a new plan after the weights change."""
-
-    def __init__(self, module: InferenceModule):
-        super().__init__()
-        d = module.cfg.hidden
-        self.d = d
-        self.argmax = module.cfg.relation_matrix == "argmax"
-        self.layers = module.layers
-        self.classifier = module.classifier
-        self.emb = module.emb
-        self.module_cfg = module.cfg
-        with torch.no_grad():
-            w, bias = _fused_qkv(module.layers[0], d)  # [6d, 2d], [6d]
-            self.first_f = nn.Linear(d, 6 * d).to(w)
-            self.first_f.weight.copy_(w[:, :d])
-            self.first_f.bias.copy_(bias)
-            self.first_r = nn.Linear(d, 6 * d, bias=False).to(w)
-            self.first_r.weight.copy_(w[:, d:])
-            self.register_buffer("table", module.emb.weight @ w[:, d:].t(), persistent=False)  # [C, 6d]
-            self.qkv = nn.ModuleList()
-            for layer in module.layers[1:]:
-                lw, lb = _fused_qkv(layer, d)
-                fused = nn.Linear(2 * d, 6 * d).to(w)
-                fused.weight.copy_(lw)
-                fused.bias.copy_(lb)
-                self.qkv.append(fused)
-
-    def first_features(self, f0: Tensor) -> Tensor:
-        """``W_F F_0 + b`` for the Q, K, V of both attention units of layer 1: ``[B, N, N, 6d]``."""
-        return self.first_f(f0)
-
-    def relation_state(self, logits: Tensor) -> Tensor:
-        """What R_0 is built from: the argmax ids ``[B, N, N]`` (or the multi-hot sets ``[B, N, N, C-1]``);
-        equal states give equal relation matrices, hence equal next predictions."""
-        if self.argmax:
-            return logits.argmax(-1)
-        return logits[..., 1:] > logits[..., :1]
-
-    def relation_input(self, prev_logits: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(R_0 = emb(.) of the previous iteration's logits, masked; its projection ``W_R R_0``)."""
-        pm = pair_mask[..., None].to(self.table.dtype)
-        if self.argmax:
-            ids = prev_logits.argmax(-1)
-            return Fn.embedding(ids, self.emb.weight) * pm, Fn.embedding(ids, self.table) * pm
-        pos = prev_logits[..., 1:] > prev_logits[..., :1]
-        hot = torch.cat([~pos.any(-1, keepdim=True), pos], dim=-1)
-        r0 = (hot.to(self.emb.weight.dtype) @ self.emb.weight) * pm
-        return r0, self.first_r(r0)
-
-    def forward(self, f0: Tensor, f0_proj: Tensor, prev_logits: Tensor, entity_mask: Tensor,
-                masks: tuple[Tensor, Tensor]) -> Tensor:
-        """One iteration: logits ``P^(k+1)`` from F_0 (and its cached projection) and ``P^(k)``."""
-        d = self.d
-        r, r_proj = self.relation_input(prev_logits, masks[1][..., 0])
-        f = f0
-        for i, layer in enumerate(self.layers):
-            proj = f0_proj + r_proj if i == 0 else self.qkv[i - 1](torch.cat([f, r], dim=-1))
-            qf, kf, vf, qr, kr, vr = proj.split(d, dim=-1)
-            f_tilde = layer.feature_attn.attend(qf, kf, vf, entity_mask, masks)
-            r_tilde = layer.relation_attn.attend(qr, kr, vr, entity_mask, masks)
-            f, r = layer.update(f, r, f_tilde, r_tilde)
-        return linear_fp32(self.classifier, torch.cat([f, r], dim=-1))
-
-
-def reversed_view(module: InferenceModule, f0: Tensor, r_hat: Tensor, mask: Tensor) -> Tensor:
-    """Second SimSiam view of Sec. 2.3 / Fig. 4: the inputs are fed in reversed order,
-    ``module(R_hat, F_0)`` -- ``R_hat`` goes into the feature slot, ``F_0`` into the relation slot.
-
-    The top layer then yields ``[X_f, X_r]`` with ``X_f`` the feature-slot stream (derived from
-    ``R_hat``) and ``X_r`` the relation-slot stream (derived from ``F_0``). Eq. 14 pairs
-    ``M_bar = [F_NI, R_bar_NI]`` with ``M_hat = [F_NI, R_hat_NI]``, so we return the halves
-    swapped, ``M_hat = [X_r, X_f]``: first half from the F_0 input, second half from the relation
-    input, aligning component-wise with ``M_bar`` of the normal view ``module(F_0, R_bar)``.
-    ``mask`` is the entity mask ``[B, N]``."""
-    _, m_top = module(r_hat, f0, mask)
-    d = m_top.shape[-1] // 2
-    return torch.cat([m_top[..., d:], m_top[..., :d]], dim=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# noise (Sec. 2.3)
-# ---------------------------------------------------------------------------------------------
-def sample_noise_rate(generator: Optional[torch.Generator] = None, low: float = 0.0, high: float = 0.4) -> float:
-    """Noise rate r ~ U(low, high) (Sec. 2.3; paper U(0, 0.4))."""
-    u = torch.rand((), generator=generator).item()
-    return low + (high - low) * u
-
-
-def noise_count(rate: float, n_valid: int) -> int:
-    """Number of entries :func:`inject_noise` corrupts: ``round(rate * n_valid)``, halves up."""
-    return min(n_valid, int(math.floor(rate * n_valid + 0.5)))
-
-
-def inject_noise(
-    labels: Tensor,
-    rate: float,
-    pair_mask: Tensor,
-    num_relations: int,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Noise ``"candidate_pairs"`` (Sec. 2.3 read as r of *all* candidate entries, NA included; the
-    code's behaviour before the other readings existed): in every document replace ``round(rate * n_valid)`` randomly
-    chosen valid entries of the ``[B, N, N]`` label-id matrix with a wrong relation id drawn
-    uniformly from the other ``num_relations - 1`` classes. Padded / diagonal entries are never
-    touched. Returns a new tensor; random draws happen on the CPU (``generator`` must be a CPU
-    generator)."""
-    if num_relations < 2:
-        raise ValueError("need at least two classes to draw a wrong label")
-    out = labels.clone()
-    for b in range(labels.shape[0]):
-        idx = pair_mask[b].reshape(-1).nonzero().squeeze(-1).cpu()
-        count = noise_count(rate, idx.numel())
-        if count == 0:
-            continue
-        chosen = idx[torch.randperm(idx.numel(), generator=generator)[:count]]
-        flat = out[b].view(-1)
-        old = flat[chosen.to(flat.device)].cpu()
-        draw = torch.randint(0, num_relations - 1, (count,), generator=generator)
-        new = draw + (draw >= old).long()  # skip the current label -> uniform over the others
-        flat[chosen.to(flat.device)] = new.to(flat.device, flat.dtype)
-    return out
-
-
-def _flip(flat: Tensor, chosen: Tensor, low: int, num_relations: int, generator: Optional[torch.Generator]) -> None:
-    """Give every entry of ``flat`` at ``chosen`` a class drawn uniformly from ``low..C-1`` minus its own."""
-    if chosen.numel() == 0:
-        return
-    old = flat[chosen].cpu()
-    # classes low..C-1 other than the current one: draw among (C - low - 1) and skip the current label
-    own = (old >= low).long()
-    span = num_relations - low - own
-    draw = (torch.rand(chosen.numel(), generator=generator) * span).long() + low
-    new = draw + ((draw >= old) & (own == 1)).long()
-    flat[chosen] = new.to(flat.device, flat.dtype)
-
-
-def _relation_and_na_pairs(flat: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat indices (on the CPU) of one document's valid pairs labelled with a relation, and labelled NA."""
-    valid, ids = pair_mask.reshape(-1).cpu(), flat.cpu()
-    return (valid & (ids != 0)).nonzero().squeeze(-1), (valid & (ids == 0)).nonzero().squeeze(-1)
-
-
-def inject_noise_predicted(
-    labels: Tensor,
-    rate: float,
-    pair_mask: Tensor,
-    num_relations: int,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Noise ``"predicted_relations"`` (a reading of Sec. 2.3, "substituting r percent of predicted
-    relations with incorrect ones"): in every document ``round(rate * P)`` of the P candidate pairs
-    predicted as a relation get another class (any other, NA included), and as many pairs predicted
-    as NA get a random relation, so false relations never outnumber the true ones the way
-    :func:`inject_noise` makes them on sparse data. The equal-sized NA sample is a design choice,
-    not the paper's. Documents with no predicted relation are left as they are."""
-    out = labels.clone()
-    for b in range(labels.shape[0]):
-        flat = out[b].view(-1)
-        pos, neg = _relation_and_na_pairs(flat, pair_mask[b])
-        count = noise_count(rate, pos.numel())
-        if count == 0:
-            continue
-        flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:count]]
-        flip_neg = neg[torch.randperm(neg.numel(), generator=generator)[:min(count, neg.numel())]]
-        _flip(flat, flip_pos.to(flat.device), 0, num_relations, generator)
-        _flip(flat, flip_neg.to(flat.device), 1, num_relations, generator)
-    return out
-
-
-def inject_noise_release(
-    gold: Tensor,
-    pair_mask: Tensor,
-    num_relations: int,
-    generator: Optional[torch.Generator] = None,
-    positive_rate: tuple[float, float] = (0.2, 0.5),
-    negative_rate: tuple[float, float] = (0.05, 0.15),
-    negatives_per_positive: int = 5,
-) -> Tensor:
-    """Noise ``"release_gold"`` (the authors' release): corrupt the **gold** label ids. In every
-    document a U(0.2, 0.5) share of the positive pairs gets another class, and of a sample of
-    ``5 x positives`` negative pairs a U(0.05, 0.15) share gets a random relation. Rates are drawn
-    per document."""
-    out = gold.clone()
-    for b in range(gold.shape[0]):
-        flat = out[b].view(-1)
-        pos, neg = _relation_and_na_pairs(flat, pair_mask[b])
-        p_rate = sample_noise_rate(generator, *positive_rate)
-        n_rate = sample_noise_rate(generator, *negative_rate)
-        flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:noise_count(p_rate, pos.numel())]]
-        sample = neg[torch.randperm(neg.numel(), generator=generator)[:negatives_per_positive * pos.numel()]]
-        flip_neg = sample[:noise_count(n_rate, sample.numel())]
-        _flip(flat, flip_pos.to(flat.device), 0, num_relations, generator)
-        _flip(flat, flip_neg.to(flat.device), 1, num_relations, generator)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# contrastive losses (Sec. 2.3, eq. 14, and the SimCLR ablation)
-# ---------------------------------------------------------------------------------------------
-def simsiam_loss(
-    predictor: Callable[[Tensor], Tensor], m_bar: Tensor, m_hat: Tensor, pair_mask: Tensor
-) -> Tensor:
-    """Contrastive loss L_C, eq. 14 (SimSiam):
-    ``2 - (cos(MLP(M_hat), SG(M_bar)) + cos(MLP(M_bar), SG(M_hat)))``, averaged over valid pairs.
-
-    ``m_bar`` / ``m_hat``: ``[B, N, N, 2d]`` top-layer outputs of the two views (see
-    :func:`reversed_view`); only the entries where ``pair_mask`` is True are used."""
-    pm = pair_mask.bool()
-    a, b = m_bar[pm], m_hat[pm]  # [P, 2d]
-    if a.shape[0] == 0:
-        return (m_bar.sum() + m_hat.sum()) * 0.0
-    cos_1 = Fn.cosine_similarity(predictor(b), a.detach(), dim=-1)
-    cos_2 = Fn.cosine_similarity(predictor(a), b.detach(), dim=-1)
-    return (2.0 - (cos_1 + cos_2)).mean()
-
-
-def simclr_loss(z1: Tensor, z2: Tensor, pair_mask: Tensor, temperature: float = 0.1) -> Tensor:
-    """Ablation "w/ negative pairs" (SimCLR NT-Xent): for every valid pair, its representation in
-    the other view is the positive, every other valid pair of the same document (in both views)
-    is a negative. Averaged over all 2P anchors of the batch."""
-    pm = pair_mask.bool()
-    total = z1.new_zeros(())
-    anchors = 0
-    for b in range(z1.shape[0]):
-        a, c = z1[b][pm[b]], z2[b][pm[b]]
-        p = a.shape[0]
-        if p == 0:
-            continue
-        z = Fn.normalize(torch.cat([a, c], dim=0), dim=-1)  # [2P, D]
-        sim = z @ z.t() / temperature
-        sim = sim.masked_fill(torch.eye(2 * p, dtype=torch.bool, device=z.device), float("-inf"))
-        target = torch.cat([torch.arange(p, 2 * p), torch.arange(0, p)]).to(z.device)
-        total = total + Fn.cross_entropy(sim, target, reduction="sum")
-        anchors += 2 * p
-    if anchors == 0:
-        return (z1.sum() + z2.sum()) * 0.0
-    return total / anchors

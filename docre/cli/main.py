@@ -10,9 +10,9 @@ from .commands import (add_data_commands, add_extract_commands, add_input_flags,
 
 
 def _data_stats(args: argparse.Namespace) -> None:
-    from .data.io import Quarantined, load_inventory, read_documents
-    from .data.stats import document_table, format_summary, summarize
-    from .pretrained import load_tokenizer
+    from ..data.io import Quarantined, load_inventory, read_documents
+    from ..data.stats import document_table, format_summary, summarize
+    from ..data.pretrained import load_tokenizer
 
     inventory = load_inventory(args.relations) if args.relations else None
     tokenizer = None if args.no_subwords else load_tokenizer(args.encoder)
@@ -30,7 +30,7 @@ def _data_stats(args: argparse.Namespace) -> None:
 
 
 def _data_tokenize(args: argparse.Namespace) -> None:
-    from .data.tokenize import TokenizeConfig, tokenize_to_parquet
+    from ..data.tokenize import TokenizeConfig, tokenize_to_parquet
 
     cfg = TokenizeConfig(encoder=args.encoder, relations=args.relations, format=args.format,
                          passages=args.passages, concepts=args.concepts,
@@ -43,7 +43,7 @@ def _data_tokenize(args: argparse.Namespace) -> None:
 
 
 def _data_concepts(args: argparse.Namespace) -> None:
-    from .data.pubmed import build_concept_index
+    from ..data.pubmed import build_concept_index
     m = build_concept_index(args.concepts, args.index, run_rows=args.run_rows)
     print(f"{args.index}: {m['rows']:,} concept rows in {len(m['runs'])} sorted runs, {m['bad_lines']} bad lines "
           f"skipped, {m['seconds']:.1f} s")
@@ -51,7 +51,7 @@ def _data_concepts(args: argparse.Namespace) -> None:
 
 def error_line(e: BaseException, args: argparse.Namespace | None) -> str:
     """One line, `<file or url>: <problem>`, for any failure a user can cause or fix."""
-    from .data.document import DocumentError
+    from ..data.document import DocumentError
     if isinstance(e, DocumentError):
         return str(e)
     if isinstance(e, FileNotFoundError):
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_commands(data)
     add_model_commands(sub)
     add_extract_commands(sub)
-    from .model_store_cli import add_store_commands; add_store_commands(sub)  # noqa: E702 (docre model ...)
+    from .model_store import add_store_commands; add_store_commands(sub)  # noqa: E702 (docre model ...)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
@@ -140,6 +140,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,13 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
-from .storage import VERSION_RE as _VERSION_RE
-from .storage import exists as _exists
-from .storage import fs_of as _fs
-from .storage import is_local as _is_local
-from .storage import join as _join
-from .storage import read_text as _read_text
-from .storage import redact_url, write_bytes_atomic
+from .storage import VERSION_RE, exists, fs_of, is_local, join, read_text, redact_url, write_bytes_atomic
+
 
 def file_digests(local_dir: str | Path) -> dict[str, dict]:
     """relative path -> {sha256, size} for every file under `local_dir`."""
@@ -68,7 +63,7 @@ def publish_model(local_dir: str | Path, store_url: str, version: str,
     other content raises FileExistsError; with the same content it only
     re-points ``latest``. Returns the version's URL.
     """
-    if not _VERSION_RE.match(version):
+    if not VERSION_RE.match(version):
         raise ValueError(f"bad version name {version!r}: letters, digits, '.', '_', '-' only")
     local = Path(local_dir)
     if not (local / "config.json").exists():
@@ -80,19 +75,19 @@ def publish_model(local_dir: str | Path, store_url: str, version: str,
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not a file")
     digests = {rel: file_digest(path) for rel, path in files.items()}
-    version_url = _join(store_url, version)
-    fs, vpath = _fs(version_url)
-    meta_url = _join(version_url, "version.json")
-    if _exists(meta_url):
-        old = json.loads(_read_text(meta_url))
+    version_url = join(store_url, version)
+    fs, vpath = fs_of(version_url)
+    meta_url = join(version_url, "version.json")
+    if exists(meta_url):
+        old = json.loads(read_text(meta_url))
         if old.get("files") != digests:
             raise FileExistsError(f"{version_url} already exists with other content; versions are immutable")
     else:
-        if _is_local(fs):
+        if is_local(fs):
             fs.makedirs(vpath, exist_ok=True)
         for rel, path in files.items():
             target = f"{vpath}/{rel}"
-            if _is_local(fs):
+            if is_local(fs):
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             fs.put_file(str(path), target)
         meta = {"version": version, "files": digests, "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -107,15 +102,15 @@ def publish_model(local_dir: str | Path, store_url: str, version: str,
 def resolve_model(model_url: str) -> tuple[str, str]:
     """(checkpoint URL, version) for a model store root (follows ``latest``) or a checkpoint directory."""
     url = model_url.rstrip("/")
-    if _exists(_join(url, "config.json")):
-        meta_url = _join(url, "version.json")
-        version = json.loads(_read_text(meta_url))["version"] if _exists(meta_url) else url.rsplit("/", 1)[-1]
+    if exists(join(url, "config.json")):
+        meta_url = join(url, "version.json")
+        version = json.loads(read_text(meta_url))["version"] if exists(meta_url) else url.rsplit("/", 1)[-1]
         return url, version
-    latest = _join(url, "latest")
-    if _exists(latest):
-        version = _read_text(latest).strip()
-        checkpoint = _join(url, version)
-        if not _exists(_join(checkpoint, "config.json")):
+    latest = join(url, "latest")
+    if exists(latest):
+        version = read_text(latest).strip()
+        checkpoint = join(url, version)
+        if not exists(join(checkpoint, "config.json")):
             raise FileNotFoundError(f"{latest} names version {version!r} but {checkpoint} has no checkpoint")
         return checkpoint, version
     raise FileNotFoundError(f"{model_url}: neither a checkpoint directory (config.json) nor a model store (latest)")
@@ -131,8 +126,8 @@ def fetch_model(checkpoint_url: str, cache_dir: str | Path | None = None) -> Pat
     Downloads go to a temporary directory renamed into place, so processes
     sharing a cache never see a half-copied model.
     """
-    fs, path = _fs(checkpoint_url)
-    if _is_local(fs):
+    fs, path = fs_of(checkpoint_url)
+    if is_local(fs):
         return Path(path)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     # keyed by what the checkpoint holds, not only where: a version published again under the same URL
@@ -186,12 +181,12 @@ _MODEL_LOCK = threading.Lock()
 
 def load_model(checkpoint_url: str, version: str, device: str = "auto", cache_dir: str | Path | None = None):
     """`DocREModel` for (checkpoint, version, device), loaded once per process and then reused."""
-    from .train import resolve_device
+    from ..training.train import resolve_device
     key = (checkpoint_url, version, str(resolve_device(device)))
     with _MODEL_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from .model.docre_ii import DocREModel
+            from ..model.docre_ii import DocREModel
             model = DocREModel.from_pretrained(fetch_model(checkpoint_url, cache_dir), key[2])
             _MODELS.clear()  # one model per process: a new version replaces the old one
             _MODELS[key] = model
@@ -205,7 +200,7 @@ def model_cache_info() -> dict:
 
 
 # ------------------------------------------------------------------------------ promotion (champion / challenger)
-log = logging.getLogger("docre.store")
+log = logging.getLogger("docre.registry.store")
 
 HISTORY = "promotions.json"  # <store>/promotions.json: every move of `latest`, oldest first
 
@@ -238,19 +233,19 @@ def check_store_access(url: str) -> None:
 
 def read_latest(store_url: str) -> str | None:
     """The version `latest` names, or None for an empty store."""
-    url = _join(store_url, "latest")
-    return _read_text(url).strip() if _exists(url) else None
+    url = join(store_url, "latest")
+    return read_text(url).strip() if exists(url) else None
 
 
 def read_version_meta(store_url: str, version: str) -> dict:
     """`<store>/<version>/version.json` (files, published time, lineage, decision)."""
-    return json.loads(_read_text(_join(store_url, version, "version.json")))
+    return json.loads(read_text(join(store_url, version, "version.json")))
 
 
 def promotion_history(store_url: str) -> list[dict]:
     """Every move of `latest` recorded in `<store>/promotions.json`, oldest first ([] when none)."""
-    url = _join(store_url, HISTORY)
-    return json.loads(_read_text(url)) if _exists(url) else []
+    url = join(store_url, HISTORY)
+    return json.loads(read_text(url)) if exists(url) else []
 
 
 def _actor() -> str:
@@ -271,10 +266,10 @@ def set_latest(store_url: str, version: str, action: str = "promote", reason: st
     move without an entry; rollback only trusts entries that match `latest`.
     Single writer assumed (the training deployment has concurrency_limit 1).
     """
-    if not _VERSION_RE.match(version):
+    if not VERSION_RE.match(version):
         raise ValueError(f"bad version name {version!r}")
-    if not _exists(_join(store_url, version, "config.json")) or not _exists(_join(store_url, version, "version.json")):
-        raise FileNotFoundError(f"{redact_url(_join(store_url, version))}: no complete model version there")
+    if not exists(join(store_url, version, "config.json")) or not exists(join(store_url, version, "version.json")):
+        raise FileNotFoundError(f"{redact_url(join(store_url, version))}: no complete model version there")
     previous = read_latest(store_url)
     if previous == version:
         log.info("%s %s: %s is already latest", action, redact_url(store_url), version)
@@ -282,8 +277,8 @@ def set_latest(store_url: str, version: str, action: str = "promote", reason: st
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "version": version,
              "previous": previous, "reason": reason, "by": actor or _actor()}
     history = promotion_history(store_url) + [entry]
-    write_bytes_atomic(_join(store_url, HISTORY), json.dumps(history, indent=1).encode())
-    write_bytes_atomic(_join(store_url, "latest"), (version + "\n").encode())  # commit point
+    write_bytes_atomic(join(store_url, HISTORY), json.dumps(history, indent=1).encode())
+    write_bytes_atomic(join(store_url, "latest"), (version + "\n").encode())  # commit point
     log.info("%s %s: latest %s -> %s (%s)", action, redact_url(store_url), previous, version, reason or "-")
     return entry
 
@@ -332,7 +327,7 @@ def list_versions(store_url: str) -> list[dict]:
     a candidate by the champion/challenger check) or "stored" (published
     without a decision, e.g. by hand or before the check existed).
     """
-    fs, root = _fs(store_url)
+    fs, root = fs_of(store_url)
     fs.invalidate_cache(root)
     if not fs.exists(root):
         return []
@@ -341,12 +336,12 @@ def list_versions(store_url: str) -> list[dict]:
     rows = []
     for entry in fs.ls(root, detail=True):
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry.get("type") != "directory" or not _VERSION_RE.match(name):
+        if entry.get("type") != "directory" or not VERSION_RE.match(name):
             continue
-        meta_url = _join(store_url, name, "version.json")
-        if not _exists(meta_url):
+        meta_url = join(store_url, name, "version.json")
+        if not exists(meta_url):
             continue  # a publish in progress or an unrelated directory
-        meta = json.loads(_read_text(meta_url))
+        meta = json.loads(read_text(meta_url))
         lineage = meta.get("lineage") or {}
         decision = lineage.get("decision") or {}
         compare_k = lineage.get("compare_k")
@@ -413,18 +408,18 @@ def data_fingerprint(manifest: Mapping) -> dict:
 
 # ------------------------------------------------------------------------------ resumable training state off the pod
 def _put_dir(local: Path, url: str) -> None:
-    fs, path = _fs(url)
+    fs, path = fs_of(url)
     for p in sorted(local.rglob("*")):
         if p.is_file() and not p.name.endswith(".tmp"):
             target = f"{path}/{p.relative_to(local).as_posix()}"
-            if _is_local(fs):
+            if is_local(fs):
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             fs.put_file(str(p), target)
 
 
 def _get_dir(url: str, local: Path) -> None:
     import shutil
-    fs, path = _fs(url)
+    fs, path = fs_of(url)
     fs.invalidate_cache(path)
     tmp = local.parent / f".{local.name}.{uuid.uuid4().hex}.tmp"
     for remote in fs.find(path):
@@ -437,7 +432,7 @@ def _get_dir(url: str, local: Path) -> None:
 
 
 def push_stage_state(stage_dir: str | Path, url: str, epoch: int, best_changed: bool) -> None:
-    """Copy a training stage's resumable state (docre.train: last/, best/, history.json) to `url`.
+    """Copy a training stage's resumable state (docre.training.train: last/, best/, history.json) to `url`.
 
     Called after every epoch, so a run whose pod (and local disk) dies can
     continue elsewhere. Each epoch goes to fresh names (state-<epoch>/, and
@@ -447,17 +442,17 @@ def push_stage_state(stage_dir: str | Path, url: str, epoch: int, best_changed: 
     after the switch.
     """
     stage = Path(stage_dir)
-    fs, root = _fs(url)
-    current_url = _join(url, "CURRENT.json")
-    current = json.loads(_read_text(current_url)) if _exists(current_url) else {}
+    fs, root = fs_of(url)
+    current_url = join(url, "CURRENT.json")
+    current = json.loads(read_text(current_url)) if exists(current_url) else {}
     state_name = f"state-{epoch}"
-    _put_dir(stage / "last", _join(url, state_name))
+    _put_dir(stage / "last", join(url, state_name))
     if (stage / "history.json").exists():
         fs.put_file(str(stage / "history.json"), f"{root}/{state_name}/history.json")
     best_name = current.get("best")
     if (best_changed or not best_name) and (stage / "best" / "config.json").exists():
         best_name = f"best-{epoch}"
-        _put_dir(stage / "best", _join(url, best_name))
+        _put_dir(stage / "best", join(url, best_name))
     write_bytes_atomic(current_url, json.dumps({"epoch": epoch, "state": state_name, "best": best_name}).encode())
     for name in {current.get("state"), current.get("best")} - {state_name, best_name, None}:
         try:
@@ -469,31 +464,31 @@ def push_stage_state(stage_dir: str | Path, url: str, epoch: int, best_changed: 
 def pull_stage_state(url: str, stage_dir: str | Path) -> int | None:
     """Restore a stage's state saved by push_stage_state into `stage_dir` when it is ahead of the local one.
 
-    Returns the restored epoch (docre.train's 0-based `epoch` of the last
+    Returns the restored epoch (docre.training.train's 0-based `epoch` of the last
     finished epoch), or None when nothing was restored (no remote state, or the
     local disk already has the same or a later epoch, e.g. an in-process retry).
     """
-    current_url = _join(url, "CURRENT.json")
-    if not _exists(current_url):
+    current_url = join(url, "CURRENT.json")
+    if not exists(current_url):
         return None
-    current = json.loads(_read_text(current_url))
+    current = json.loads(read_text(current_url))
     stage = Path(stage_dir)
     local_state = stage / "last" / "state.json"
     if local_state.exists() and json.loads(local_state.read_text())["epoch"] >= current["epoch"]:
         return None
     stage.mkdir(parents=True, exist_ok=True)
-    _get_dir(_join(url, current["state"]), stage / "last")
+    _get_dir(join(url, current["state"]), stage / "last")
     history = stage / "last" / "history.json"
     if history.exists():
         history.replace(stage / "history.json")
     if current.get("best"):
-        _get_dir(_join(url, current["best"]), stage / "best")
+        _get_dir(join(url, current["best"]), stage / "best")
     return int(current["epoch"])
 
 
 def remove_work_state(url: str) -> None:
     """Delete a finished run's resumable state (the model itself is in the store by then)."""
-    fs, path = _fs(url)
+    fs, path = fs_of(url)
     fs.invalidate_cache(path)
     if fs.exists(path):
         fs.rm(path, recursive=True)

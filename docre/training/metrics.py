@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Mapping, NamedTuple, Sequence, Union
 
-from .data.document import Document
+from ..data.document import Document
 
 __all__ = [
     "Prediction", "PRF", "DocREDScores", "as_prediction", "docred_scores", "cdr_scores",

@@ -19,11 +19,11 @@ from typing import Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .data.batch import Example, bucketed_batches, collate
-from .data.document import Document
-from .data.tokenize import read_parquet_rows
+from ..data.batch import Example, bucketed_batches, collate
+from ..data.document import Document
+from ..data.tokenize import read_parquet_rows
 from .metrics import docred_scores
-from .model.docre_ii import DocREModel, ModelConfig, _autocast
+from ..model.docre_ii import DocREModel, ModelConfig, precision_autocast
 
 
 class StageConfig(BaseModel):
@@ -182,7 +182,7 @@ class StageResult:
 
 def _train_autocast(device: torch.device, precision: str):
     if precision == "auto":
-        return _autocast(device)
+        return precision_autocast(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     device = resolve_device(cfg.device)
     train_split = load_split(cfg.train_data, cfg.limit_train)
     dev_split = load_split(cfg.dev_data, cfg.limit_dev)
-    from .data.tokenize import read_manifest
+    from ..data.tokenize import read_manifest
     inventory = read_manifest(cfg.train_data).relation_inventory
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out_dir) / "train_config.json").write_text(cfg.model_dump_json(indent=2))

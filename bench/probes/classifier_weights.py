@@ -1,6 +1,6 @@
 """Paper Figure 5: how much the inference module's classifier (eq. 12) leans on F vs R.
 
-    python bench/classifier_weights.py runs/ablation/cdr/default-s66/stage2/best runs/ablation/cdr/no_contrastive-s66/stage2/best
+    python bench/probes/classifier_weights.py runs/ablation/cdr/default-s66/stage2/best runs/ablation/cdr/no_contrastive-s66/stage2/best
 
 Prints, per checkpoint, the average absolute weight of W_c on the feature half and on the relation half
 of its input [F_NI, R_NI] (the paper: 0.045 / 0.007 without the contrastive loss, 0.026 / 0.023 with it).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from docre.model.docre_ii import DocREModel
-from docre.model.inference import classifier_weight_shares
+from docre.training.report import classifier_weight_shares
 
 
 def main(paths: list[str]) -> None:

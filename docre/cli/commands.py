@@ -14,7 +14,7 @@ import fsspec
 
 def read_options(args: argparse.Namespace):
     """ReadOptions from the shared input flags (--passages, --concepts, --keep-unlinked, --all-entity-types)."""
-    from .data.io import ReadOptions
+    from ..data.io import ReadOptions
     return ReadOptions(passages=getattr(args, "passages", "title_abstract"),
                        unlinked="keep" if getattr(args, "keep_unlinked", False) else "drop",
                        concepts=getattr(args, "concepts", None),
@@ -23,7 +23,7 @@ def read_options(args: argparse.Namespace):
 
 def add_input_flags(p: argparse.ArgumentParser) -> None:
     """The flags every command that reads raw documents shares."""
-    from .data.io import FORMATS
+    from ..data.io import FORMATS
     p.add_argument("--format", choices=FORMATS, help="override format detection (name, then content)")
     p.add_argument("--passages", choices=["title_abstract", "all"], default="title_abstract",
                    help="BioC: title + abstract (default, what models are trained on) or all passages (PMC full text)")
@@ -43,7 +43,7 @@ def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> N
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+    from ..training.train import TrainConfig, train
     cfg = TrainConfig.from_yaml(args.config)
     updates = {k: v for k, v in {"out_dir": args.out_dir, "device": args.device}.items() if v}
     if args.stages:
@@ -54,8 +54,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .model.docre_ii import DocREModel
-    from .train import evaluate, load_split, resolve_device
+    from ..model.docre_ii import DocREModel
+    from ..training.train import evaluate, load_split, resolve_device
     _set_threads(args)
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
     if args.output:
@@ -91,7 +91,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 def _use_runtime(model, args: argparse.Namespace) -> None:
     """--int8 and --runtime: torch int8, or the encoder in ONNX Runtime (fp32, or int8 with --int8)."""
     if getattr(args, "runtime", "torch") == "onnx":
-        from .model.onnx_encoder import use_onnx_encoder
+        from ..model.onnx_encoder import use_onnx_encoder
         use_onnx_encoder(model, int8=args.int8, threads=getattr(args, "threads", None))
     elif args.int8:
         model.quantize_int8()
@@ -109,9 +109,9 @@ def _prediction_options(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .data.io import Quarantined, read_documents
-    from .model.docre_ii import DocREModel
-    from .train import resolve_device
+    from ..data.io import Quarantined, read_documents
+    from ..model.docre_ii import DocREModel
+    from ..training.train import resolve_device
     _set_threads(args)
     model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
     _use_runtime(model, args)
@@ -125,7 +125,7 @@ def _predict(args: argparse.Namespace) -> None:
     rows = [asdict(t) for t in triples]
     out_name = args.output.lower().removesuffix(".gz")
     if out_name.endswith((".xml", ".bioc.json")):  # BioC with predicted <relation>s, for PubTator tools
-        from .data.bioc import write_bioc_json, write_bioc_xml
+        from ..data.bioc import write_bioc_json, write_bioc_xml
         version = Path(args.model).name if args.model else None
         with fsspec.open(args.output, "wt", compression="infer", encoding="utf-8") as f:
             if out_name.endswith(".xml"):
@@ -134,7 +134,7 @@ def _predict(args: argparse.Namespace) -> None:
             else:
                 f.write(write_bioc_json(docs, rows, version))
     elif args.output.endswith(".json"):  # DocRED CodaLab submission: [{title, h_idx, t_idx, r}]
-        from .metrics import write_docred_result
+        from ..training.metrics import write_docred_result
         write_docred_result(docs, [(t.doc_id, t.head, t.tail, t.relation) for t in triples], args.output)
     elif args.output.endswith(".parquet"):
         import pyarrow as pa
@@ -151,7 +151,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _aggregate(args: argparse.Namespace) -> None:
     """Rebuild the knowledge graph of an extraction output (latest citation versions, deletions applied)."""
-    from .extract import aggregate, load_plan
+    from ..extract import aggregate, load_plan
     parts, deletions = load_plan(args.out_url)
     s = aggregate(args.out_url, parts, deletions, examples=args.examples)
     print(f"{s['graph_url']}: {s['facts']:,} facts from {s['documents_with_facts']:,} documents; "
@@ -163,8 +163,8 @@ def _aggregate(args: argparse.Namespace) -> None:
 
 def _split(args: argparse.Namespace) -> None:
     """Deterministic split by document index (e.g. Re-DocRED dev into 400 train / 100 validation)."""
-    from .data.docred import write_docred
-    from .data.io import read_documents
+    from ..data.docred import write_docred
+    from ..data.io import read_documents
     docs = list(read_documents(args.input, args.format))
     head, tail = docs[:args.first], docs[args.first:]
     for docs_out, path in ((head, args.out_first), (tail, args.out_rest)):
@@ -174,8 +174,8 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _synthesize(args: argparse.Namespace) -> None:
-    from .data.docred import write_docred
-    from .data.synthetic import RELATIONS, synthesize
+    from ..data.docred import write_docred
+    from ..data.synthetic import RELATIONS, synthesize
     docs = synthesize(args.docs, args.seed)
     with open(args.out, "w") as f:
         f.write(write_docred(docs, jsonl=args.out.endswith(".jsonl")))

@@ -12,7 +12,7 @@ one inference iteration on the dev set with R_0 built from five sources and prin
 
 If gold ~ base ~ na, the module has learned to ignore R and its K > 0 can never beat K = 0 by much.
 
-    python bench/relation_reliance.py runs/ablation/cdr/default-s66/stage2/best [...] --data runs/data/cdr_dev
+    python bench/probes/relation_reliance.py runs/ablation/cdr/default-s66/stage2/best [...] --data runs/data/cdr_dev
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
+from result_rows import merge_rows  # the script's own folder is on sys.path when it runs
 
 SOURCES = ("base", "gold", "na", "flip", "shuffle")
 
@@ -53,9 +53,9 @@ def relation_ids(source: str, base_logits: torch.Tensor, labels: torch.Tensor, c
 @torch.no_grad()
 def probe(path: str, data: str, batch_size: int = 8) -> dict[str, float]:
     from docre.data.batch import bucketed_batches, collate
-    from docre.metrics import docred_scores
+    from docre.training.metrics import docred_scores
     from docre.model.docre_ii import DocREModel, restrict_to_candidates
-    from docre.train import load_split
+    from docre.training.train import load_split
     model = DocREModel.from_pretrained(path).eval()
     examples, docs = load_split(data)
     generator = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def probe(path: str, data: str, batch_size: int = 8) -> dict[str, float]:
             logits, _ = model.inference(out.features, r0, out.entity_mask)
             per_source[source] = restrict_to_candidates(logits, cand)
         for name, logits in per_source.items():
-            for doc_id, found in zip(batch.doc_ids, model._decode(logits.float(), cand)):
+            for doc_id, found in zip(batch.doc_ids, model.decode_logits(logits.float(), cand)):
                 decisions[name] += [(doc_id, h, t, model.inventory.ids[r]) for h, t, r, _ in found]
     return {name: round(docred_scores(docs, preds).f1 * 100, 2) for name, preds in decisions.items()}
 

@@ -1,7 +1,7 @@
 """`docre model list|promote|rollback`: look at a model store and move its `latest` by hand.
 
-Kept apart from docre/commands.py (train/evaluate/predict) because these
-commands only touch the store's files (docre.store), never a model's weights.
+Kept apart from docre/cli/commands.py (train/evaluate/predict) because these
+commands only touch the store's files (docre.registry.store), never a model's weights.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _fail(e: Exception) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    from . import store
+    from ..registry import store
     try:
         store.check_store_access(args.store)
         rows = store.list_versions(args.store)
@@ -42,7 +42,7 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from . import store
+    from ..registry import store
     try:
         store.check_store_access(args.store)
         entry = store.promote(args.store, args.version, args.reason or "manual promotion")
@@ -55,7 +55,7 @@ def _promote(args: argparse.Namespace) -> None:
 
 
 def _rollback(args: argparse.Namespace) -> None:
-    from . import store
+    from ..registry import store
     try:
         store.check_store_access(args.store)
         entry = store.rollback(args.store, args.reason or "manual rollback")

@@ -9,17 +9,21 @@ import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .data.batch import Example
-from .data.document import Document
+from ..data.batch import Example
+from ..data.document import Document
 from .metrics import docred_scores, format_table
+
+if TYPE_CHECKING:
+    from ..model.inference import InferenceModule
 
 _METRIC_KEYS = ("precision", "recall", "f1", "ign_f1", "intra_f1", "inter_f1", "infer_f1")
 
 
 @dataclass
 class EvalReport:
-    metrics: dict  # docre.train.evaluate output: K0..Kn -> scores, docs_per_s, seconds
+    metrics: dict  # docre.training.train.evaluate output: K0..Kn -> scores, docs_per_s, seconds
     rows: list[dict]  # one row per K, percentages, for a table
     per_relation: list[dict]  # at the final K
     markdown: str
@@ -41,7 +45,7 @@ def iteration_rows(metrics: dict) -> list[dict]:
 
 
 def per_relation_rows(model, examples: list[Example], docs: list[Document], iteration: int) -> tuple[list[dict], str]:
-    """Per-relation P/R/F1 at `iteration`, and the markdown table (docre.metrics.format_table)."""
+    """Per-relation P/R/F1 at `iteration`, and the markdown table (docre.training.metrics.format_table)."""
     decisions = model.predict_examples(examples, iteration)
     preds = [(doc_id, h, t, model.inventory.ids[r]) for doc_id, per_k in decisions.items()
              for h, t, r, _ in per_k[iteration]]
@@ -158,3 +162,12 @@ def build_report(metrics: dict, per_relation: list[dict], relation_table: str, h
     files["metrics.json"] = str(out / "metrics.json")
     files["report.md"] = str(out / "report.md")
     return EvalReport(metrics, rows, per_relation, markdown, images, files)
+
+
+def classifier_weight_shares(module: InferenceModule) -> dict[str, float]:
+    """Paper Figure 5 / Sec. 3.6: the average absolute weight of eq. 12's classifier W_c on the feature
+    half ``F_NI`` and on the relation half ``R_NI`` of its input -- how much the prediction leans on
+    each matrix (the paper: 0.045 vs 0.007 without the contrastive loss, 0.026 vs 0.023 with it)."""
+    d = module.cfg.hidden
+    w = module.classifier.weight.detach().abs().float()
+    return {"feature": w[:, :d].mean().item(), "relation": w[:, d:].mean().item()}

@@ -1,7 +1,7 @@
 """Champion / challenger: may a newly trained model replace the one in production?
 
 Both models are scored on the same evaluation set at the same iterations K
-(docre.train.evaluate); the decision compares F1 at one K, in percentage
+(docre.training.train.evaluate); the decision compares F1 at one K, in percentage
 points. Plain functions, no orchestrator: the Prefect training flow calls them
 and turns the markdown into an artifact.
 """
@@ -48,7 +48,7 @@ def decide_promotion(challenger_f1: float, champion_f1: float | None, tolerance:
 
 
 def percent_by_k(metrics: dict) -> dict[str, dict[str, float]]:
-    """docre.train.evaluate output -> {"K0": {"f1": 12.34, ...}, ...} in percentage points (JSON-friendly)."""
+    """docre.training.train.evaluate output -> {"K0": {"f1": 12.34, ...}, ...} in percentage points (JSON-friendly)."""
     return {k: {m: round(100 * v[m], 2) for m in _COLUMNS if m in v}
             for k, v in sorted(metrics.items(), key=lambda kv: kv[0]) if k.startswith("K") and k[1:].isdigit()}
 
@@ -63,7 +63,7 @@ def comparison_markdown(decision: PromotionDecision, challenger: dict, champion:
     """Both models side by side: P/R/F1 per K, then F1 per relation at the compared K.
 
     `challenger` / `champion` are percent_by_k outputs; the relation lists are
-    docre.report.per_relation_rows rows (relation, name, gold, f1, ...).
+    docre.training.report.per_relation_rows rows (relation, name, gold, f1, ...).
     """
     verdict = "PROMOTED" if decision.promote else "NOT PROMOTED (stored as a candidate; `latest` unchanged)"
     lines = [f"# Champion / challenger: {verdict}", "",

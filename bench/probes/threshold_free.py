@@ -13,7 +13,7 @@ class, logit_r - logit_TH, at K = 0..3 on a dev set and prints, per K:
 
 If `ap` and `best` rise from K0 to K3 the module ranks better; if only `f1` does, it moved the cut.
 
-    python bench/threshold_free.py runs/ablation/cdr/default-s6{6,7}/stage2/best --data runs/data/cdr_dev
+    python bench/probes/threshold_free.py runs/ablation/cdr/default-s6{6,7}/stage2/best --data runs/data/cdr_dev
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import argparse
 
 import torch
 
-from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
+from result_rows import merge_rows  # the script's own folder is on sys.path when it runs
 
 
 def ranking_scores(margins: torch.Tensor, is_gold: torch.Tensor, n_gold: int) -> dict[str, float]:
@@ -54,7 +54,7 @@ def ranking_scores(margins: torch.Tensor, is_gold: torch.Tensor, n_gold: int) ->
 def probe(path: str, data: str, iterations: int = 3, batch_size: int = 8) -> dict[str, dict[str, float]]:
     from docre.data.batch import bucketed_batches, collate
     from docre.model.docre_ii import DocREModel
-    from docre.train import load_split
+    from docre.training.train import load_split
     model = DocREModel.from_pretrained(path).eval()
     examples, docs = load_split(data)
     margins: list[list[torch.Tensor]] = [[] for _ in range(iterations + 1)]

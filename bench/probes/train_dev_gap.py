@@ -7,7 +7,7 @@ injected noise, with F_0 almost always right) are not the errors it meets at tes
 wrong), and the module learns to follow F_0. This script prints each checkpoint's F1 on the training
 and on the dev split at the K values asked for, and the gap between them.
 
-    python bench/train_dev_gap.py runs/ablation/cdr/stage1/best --train runs/data/cdr_train \
+    python bench/probes/train_dev_gap.py runs/ablation/cdr/stage1/best --train runs/data/cdr_train \
         --dev runs/data/cdr_dev --iterations 0 --json bench/results/train_dev_gap_cdr.json
 """
 from __future__ import annotations
@@ -16,16 +16,16 @@ import argparse
 
 import torch
 
-from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
+from result_rows import merge_rows  # the script's own folder is on sys.path when it runs
 
 
-Split = tuple[list, list]  # (examples, documents), as docre.train.load_split returns them
+Split = tuple[list, list]  # (examples, documents), as docre.training.train.load_split returns them
 
 
 def gap(path: str, splits: dict[str, Split], iterations: list[int]) -> dict:
     """F1 (%) per split ("train", "dev") and K, and train - dev per K, of one checkpoint."""
     from docre.model.docre_ii import DocREModel
-    from docre.train import evaluate
+    from docre.training.train import evaluate
     model = DocREModel.from_pretrained(path).eval()
     row: dict = {"checkpoint": path}
     for split, (examples, docs) in splits.items():
@@ -58,7 +58,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     iterations = [int(k) for k in args.iterations.split(",")]
-    from docre.train import load_split
+    from docre.training.train import load_split
     splits = {"train": load_split(args.train), "dev": load_split(args.dev)}  # read once for every checkpoint
     rows = [gap(c, splits, iterations) for c in args.checkpoints]
     print(table(rows, iterations))

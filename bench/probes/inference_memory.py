@@ -1,6 +1,6 @@
 """Peak memory of the inference module (eq. 5-12) as the number of entities N grows.
 
-    python bench/inference_memory.py [--sizes 50 100 200] [--hidden 256]
+    python bench/probes/inference_memory.py [--sizes 50 100 200] [--hidden 256]
 
 Each size runs in a fresh subprocess so ru_maxrss is that size's own peak.
 The axial ECA keeps activations at O(N^2 d) plus O(N^3) attention scores; the

@@ -6,7 +6,7 @@ an ensemble can add F1 that iterating alone does not; this script asks whether i
 output is scored by its own `evaluate` pass with the config's `output` switched (prediction is
 deterministic in eval mode, so K = 0, the base, is the same number in both rows).
 
-    python bench/output_modes.py runs/ablation/cdr/default-s66/stage2/best --data runs/data/cdr_dev \
+    python bench/probes/output_modes.py runs/ablation/cdr/default-s66/stage2/best --data runs/data/cdr_dev \
         --json bench/results/output_modes_cdr.json
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from result_rows import merge_rows  # bench/ is on sys.path when a script under it runs
+from result_rows import merge_rows  # the script's own folder is on sys.path when it runs
 
 KS = [0, 1, 2, 3]
 
@@ -23,7 +23,7 @@ KS = [0, 1, 2, 3]
 def output_modes(path: str, examples: list, docs: list) -> dict:
     """Dev F1 (%) at K = 0..3 of one checkpoint with the output as P^(K) ("last") and as the sum."""
     from docre.model.docre_ii import DocREModel
-    from docre.train import evaluate
+    from docre.training.train import evaluate
     model = DocREModel.from_pretrained(path).eval()
     row: dict = {"checkpoint": path}
     for mode in ("last", "sum"):
@@ -51,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from docre.train import load_split
+    from docre.training.train import load_split
     examples, docs = load_split(args.data)
     rows = []
     for c in args.checkpoints:
