@@ -2,7 +2,7 @@
 old code vs new on the same checkpoint, and int8 vs fp32.
 
     python bench/predict_bench.py --cdr-model runs/cdr_pin/stage2/best \
-        --redocred-model runs/redocred_random --old-code /tmp/docre_old --threads 2
+        --redocred-model runs/redocred_random --old-code OLD_CODE --threads 2
 
 * whole command: wall seconds of `python -m docre.cli predict MODEL INPUT OUT.parquet --iterations K
   --threads T --batch-size B [--int8]` (interpreter start, model load, reading and tokenization,
@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--redocred-model", help="a Re-DocRED checkpoint (97 classes)")
     ap.add_argument("--redocred-input", default="runs/data/redocred_val100.json",
                     help="the last 100 documents of Re-DocRED dev (docre data split ... --first 400)")
-    ap.add_argument("--old-code", help="a checkout of the code before issue 13 (git worktree add /tmp/docre_old ...)")
+    ap.add_argument("--old-code", help="a checkout of the code before issue 13 (git worktree add OLD_CODE c57c808)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--iterations", type=int, nargs="+", default=[0, 3])

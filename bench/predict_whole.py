@@ -1,7 +1,7 @@
 """The whole `docre predict` command, wall clock, old code against this code, one run after the other.
 
     python bench/predict_whole.py --model runs/cdr_pin/stage2/best \
-        --input ../shared/datasets/cdr/CDR_DevelopmentSet.PubTator.txt --old-code /tmp/docre_old \
+        --input $DATA/cdr/CDR_DevelopmentSet.PubTator.txt --old-code OLD_CODE \
         --variants old fp32 int8 onnx-int8 --threads 2 --iterations 3 [--pause-pid PID]
 
 Each variant is a fresh `python -m docre.cli predict` (imports, model load, reading, tokenization,

@@ -7,6 +7,7 @@ like any Hugging Face path.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import tempfile
 from pathlib import Path
 
@@ -149,3 +150,37 @@ def s3(s3_endpoint):
     yield fs
     fsspec.config.conf.get("s3", {}).pop("endpoint_url", None)
     os.environ.pop("FSSPEC_S3_ENDPOINT_URL", None)
+
+
+@contextmanager
+def dask_processes(workdir: Path, workers: int = 1):
+    """`dask scheduler` and `dask worker --nthreads 1` as separate processes, the way an operator starts them:
+    in `workdir` (outside the checkout), with no PYTHONPATH, so they import only what is installed. Yields
+    the scheduler's address; stops both on exit."""
+    import json
+    import subprocess
+    import sys
+    import time
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    sched_file = workdir / "scheduler.json"
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 120
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        procs += [subprocess.Popen([str(bindir / "dask"), "worker", "--nthreads", "1", "--no-dashboard",
+                                    "--scheduler-file", str(sched_file)], cwd=workdir, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        yield address, procs
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()

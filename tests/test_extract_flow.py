@@ -173,37 +173,18 @@ def test_a_killed_worker_changes_nothing(prefect_api, s3, corpus, published):
 
 
 def test_a_cluster_started_separately(prefect_api, s3, corpus, published, tmp_path):
-    """`dask scheduler` and `dask worker --nthreads 1` as their own processes; the flow only connects."""
+    """`dask scheduler` and `dask worker --nthreads 1` as their own processes; the flow only connects.
+    (The same cluster through the deployment, as production runs it: test_flows.py.)"""
+    from conftest import dask_processes
     from flows.extract import docre_extract
-    bindir = Path(sys.executable).parent
-    sched_file = tmp_path / "scheduler.json"
-    scheduler = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--no-dashboard", "--scheduler-file", str(sched_file)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
-    try:
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        import json
-        address = json.loads(sched_file.read_text())["address"]
-        worker = subprocess.Popen([str(bindir / "dask"), "worker", "--nthreads", "1", "--no-dashboard",
-                                   "--scheduler-file", str(sched_file)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    with dask_processes(tmp_path) as (address, procs):
         out = f"s3://{BUCKET}/pt3-out/external"
         s = docre_extract(corpus["inputs"], out, published["store"], part_docs=4, scheduler_address=address,
                           work_url=f"s3://{BUCKET}/pt3-out/local/v1/_prepared", concepts=corpus["concepts"])
         assert s["complete"] and got(out) == expected(published["model"], corpus)
         import psutil
-        worker_tree = psutil.Process(worker.pid).children(recursive=True)
+        worker_tree = psutil.Process(procs[1].pid).children(recursive=True)
         assert not [p for p in worker_tree if "prefect" in " ".join(p.cmdline())]  # no server of its own
-    finally:
-        for p in (worker, scheduler):
-            if p is not None:
-                p.terminate()
-        for p in (worker, scheduler):
-            if p is not None:
-                p.wait(timeout=30)
 
 
 def test_workers_report_to_the_flows_temporary_api(tmp_path, tiny_encoder):

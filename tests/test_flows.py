@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 
-from conftest import BUCKET
+from conftest import BUCKET, dask_processes
 from docre import extract as ex
 from docre.registry import store as model_store
 from docre.data.document import cdr_inventory
@@ -58,7 +58,9 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
 
 
 def test_deploy_all_and_run_extract_through_a_process_worker(prefect_api, tiny_encoder, tmp_path):
-    """prefect.yaml as the README deploys it: pools, `prefect deploy --all`, a worker running docre-extract."""
+    """prefect.yaml as the README deploys it: pools, `prefect deploy --all`, a process worker running docre-extract
+    on a Dask cluster started separately, outside the checkout and without it on its path (production's path:
+    the cluster's processes import the flow and its tasks by package name, as installed)."""
     import subprocess
     import sys
     import time
@@ -100,22 +102,26 @@ def test_deploy_all_and_run_extract_through_a_process_worker(prefect_api, tiny_e
     ckpt = tmp_path / "ckpt"
     DocREModel.create(ModelConfig(encoder=tiny_encoder), cdr_inventory(), pretrained=True).save_pretrained(ckpt)
     model_store.publish_model(ckpt, str(tmp_path / "models"), "v7")
-    out = cli("deployment", "run", "docre-extract/docre-extract", "--param", f"inputs={CDR}",
-              "--param", f"out_url={tmp_path}/triples/{{model_version}}", "--param", f"model_url={tmp_path}/models",
-              "--param", "part_docs=2", "--param", "n_workers=1")
-    run_id = [line.split()[-1] for line in out.splitlines() if "UUID" in line][0]
-    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "docre-process", "--run-once"], cwd=root,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        logs, _ = worker.communicate(timeout=400)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    cluster_dir = tmp_path / "cluster"
+    cluster_dir.mkdir()
+    with dask_processes(cluster_dir) as (address, _):
+        out = cli("deployment", "run", "docre-extract/docre-extract", "--param", f"inputs={CDR}",
+                  "--param", f"out_url={tmp_path}/triples/{{model_version}}", "--param", f"model_url={tmp_path}/models",
+                  "--param", "part_docs=2", "--param", f"scheduler_address={address}")
+        run_id = [line.split()[-1] for line in out.splitlines() if "UUID" in line][0]
+        worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "docre-process", "--run-once"], cwd=root,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            logs, _ = worker.communicate(timeout=400)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
     with get_client(sync_client=True) as client:
         deadline = time.time() + 60
         while not (state := client.read_flow_run(run_id).state).is_final() and time.time() < deadline:
             time.sleep(2)
     assert state.is_completed(), logs[-3000:]
+    assert "ModuleNotFoundError" not in logs, logs[-3000:]
     out_v7 = str(tmp_path / "triples" / "v7")
     summary = ex.summarize(ex.load_plan(out_v7)[0], out_v7)
     assert summary["complete"] and summary["docs_in"] == 3 and summary["parts"] == 2

@@ -89,7 +89,7 @@ def dropout_rate(module: nn.Module, p: float | None):
     A probe of issue 12: on its own training documents the stage-1 base is far more often right
     than on unseen ones, so stage 2 shows the inference module inputs (F_0, R_0) more reliable
     than it meets at test time. A noisier base forward in stage 2 was meant to narrow that gap; at
-    0.3 it lowered the base and gained nothing on CDR (BENCHMARKS.md, issue 12, fifth session)."""
+    0.3 it lowered the base and gained nothing on CDR (docs/iterative-gain.md)."""
     if p is None:
         yield
         return
@@ -209,7 +209,7 @@ class DocREModel(nn.Module):
         F_0 comes from, so R_0 is the base's decision on the very F_0 the inference module sees, as
         at test time. Without it, R_0 comes from a second, dropout-free forward and can disagree with
         F_0 where the dropout forward's decision would not; that reading lost on CDR and Re-DocRED
-        (BENCHMARKS.md, issue 12, fifth session)."""
+        (docs/iterative-gain.md)."""
         cfg = self.config
         if cfg.relation_source == "gold" or cfg.noise == "release_gold":
             ids = batch.labels.float().argmax(-1)  # first positive label; 0 when none
