@@ -9,7 +9,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from docre.data.document import DocumentError, RelationInventory
 from docre.data.io import Quarantined, ReadOptions, read_documents
 
 FIX = Path(__file__).parent / "fixtures"
+NEWLINE = b"\n"
 BIOC = (FIX / "pubtator3" / "bioc_sample.xml").read_text()
 
 # ---------------------------------------------------------------- builders
@@ -113,6 +116,7 @@ class Case:
     inventory: RelationInventory | None = None
     options: ReadOptions | None = None
     counts: dict = field(default_factory=dict)  # exact `counts` after lenient reading (when given)
+    record_end: bytes = b""  # cut cases: what ends a complete record, to count those before the cut
 
 
 def b(text: str) -> bytes:
@@ -158,7 +162,7 @@ CASES = [
     Case("pubtator-blank-lines-only", "a.pubtator", b"\n\r\n  \n", 0, []),
     Case("pubtator-gzip-truncated", "a.pubtator.gz", gz(b("\n".join(pt(str(i)) for i in range(1, 101))))[:-30],
          100, [],
-         [("a.pubtator.gz", "line ", "truncated compressed file")]),  # the documents before the cut are read
+         [("a.pubtator.gz", "line ", "truncated compressed file")], record_end=b"\n\n"),  # those before the cut
     # a file that cannot be decompressed at all is one record: nobody can count the documents inside it
     Case("pubtator-gzip-corrupt", "a.pubtator.gz", gz(b(GOOD_PT))[:20] + b"\x00garbage\x00" * 20, 1, [],
          [("a.pubtator.gz", "byte 0", "corrupt compressed data")]),
@@ -169,8 +173,8 @@ CASES = [
     Case("docred-pretty-object-bad", "a.json", b(json.dumps(docred("Paris", vertexSet=None), indent=2)), 1, [],
          [("a.json", "document 0 ('Paris')", "'vertexSet' must be a list of mention lists")]),
     Case("docred-truncated-array", "a.json",
-         b(json.dumps([docred("A"), docred("B"), docred("C")]))[:-40], 3, [],
-         [("a.json", "line 1", "invalid JSON (truncated file): ")]),
+         b(json.dumps([docred("A"), docred("B"), docred("C")]))[:-40], 3, ["A", "B"],
+         [("a.json", "line 1, document 2", "invalid JSON (truncated file): ")]),
     Case("docred-array-with-bom", "a.json", b"\xef\xbb\xbf" + b(json.dumps([docred("A")])), 1, ["A"]),
     Case("docred-array-non-utf8", "a.json", b(json.dumps([docred("A")], indent=1)).replace(b"Paris", b"P\xe4ris"),
          1, [], [("a.json", "line 6", "byte 7 of the line is not valid UTF-8 (0xe4)")]),
@@ -244,7 +248,8 @@ CASES = [
          tar_gz({"output/BioCXML/1.BioC.XML": b(bioc(bioc_doc("1"))),
                  "output/BioCXML/2.BioC.XML": b(bioc(*[bioc_doc(str(i), noisy_passage(i)) for i in range(2, 2000)]))
                  })[:-200], 1999, [],
-         [("BioCXML.1.tar.gz!output/BioCXML/2.BioC.XML", "byte ", "truncated compressed file")]),
+         [("BioCXML.1.tar.gz!output/BioCXML/2.BioC.XML", "line ", "truncated compressed file")],
+         record_end=b"</document>"),
     Case("tar-not-a-tar", "BioCXML.2.tar", b"this is not a tar archive" * 40, 1, [],
          [("BioCXML.2.tar", "byte ", "corrupt or truncated tar archive")]),
     # ---- PubMed XML
@@ -253,7 +258,7 @@ CASES = [
     Case("pubmed-no-text", "pubmed26n0001.xml", b(pubmed(article("1", title="", abstract=""), article("2"))), 2,
          ["2"], [("pubmed26n0001.xml", "line 3, document '1'", "citation has no title and no abstract")]),
     Case("pubmed-truncated", "pubmed26n0001.xml.gz", gz(b(pubmed(*[article(str(i)) for i in range(1, 300)])))[:-100],
-         299, [], [("pubmed26n0001.xml.gz", "byte ", "truncated compressed file")]),
+         299, [], [("pubmed26n0001.xml.gz", "line ", "truncated compressed file")], record_end=b"</PubmedArticle>"),
 ]
 
 
@@ -265,14 +270,18 @@ def test_bad_input(case: Case, tmp_path):
     counts: dict = {}
     docs = list(read_documents(str(path), None, case.inventory, quarantine, case.options, counts))
     got = [(q.source.removeprefix(str(tmp_path) + "/"), q.where, q.reason) for q in quarantine]
-    truncated = [q for q in case.quarantine if "truncated" in q[2] and not case.out]
-    if truncated:
-        # a stream cut mid-file: the documents before the cut are read (how many depends on where the
-        # decompressor stops), the unreadable rest is one record naming the file; its size is unknowable
+    if case.record_end:
+        # a stream cut mid-file: every document complete before the cut is read, the one the cut went through
+        # is one record naming the file and where the readable bytes end; what came after is unknowable
         assert len(got) == 1 and got[0][0] == case.quarantine[0][0] and got[0][2].startswith(case.quarantine[0][2])
         assert got[0][1].startswith(case.quarantine[0][1])
-        assert [d.id for d in docs] == [str(i) for i in range(1, len(docs) + 1)]  # in order, none skipped
-        assert len(docs) < case.docs_in
+        recovered = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(case.content)
+        complete = len(re.findall(re.escape(case.record_end) + b"+", recovered))
+        if "!" not in got[0][0]:  # the byte where the decompressed data ends, not where a read buffer did
+            lines = recovered.count(NEWLINE) + 1
+            assert got[0][1] == f"line {lines}, byte {len(recovered)}"
+        assert [d.id for d in docs] == [str(i) for i in range(1, complete + 1)]  # in order, none skipped
+        assert len(docs) + sum(q.count for q in quarantine) == complete + 1
     else:
         assert [d.id for d in docs] == case.out
         assert len(got) == len(case.quarantine), got
@@ -295,12 +304,16 @@ def test_battery_is_large_enough():
     assert len(CASES) >= 40
 
 
-def test_truncated_array_counts_every_document():
-    """Three documents, the last one cut: one record standing for all three, not one per line or one in all."""
+def test_truncated_array_keeps_the_documents_before_the_cut():
+    """Three documents, the last one cut: the first two are read, one record stands for the third."""
     text = json.dumps([docred("A"), docred("B"), docred("C")])[:-40]
+    docs, errors = [], []
     with pytest.raises(DocumentError) as info:
-        list(read_docred(text, "mem.json"))
-    assert info.value.count == 3 and info.value.problem.endswith("(3 documents)")
+        for doc in read_docred(text, "mem.json", on_error=errors.append):
+            docs.append(doc.id)
+    assert docs == ["A", "B"] and errors == []
+    assert info.value.count == 1 and info.value.where == "line 1, document 2"
+    assert info.value.problem.startswith("invalid JSON (truncated file): ")
 
 
 # ---------------------------------------------------------------- the CLI: one line, exit code 2
@@ -323,7 +336,7 @@ def test_cli_stats_on_an_empty_file(tmp_path, capsys):
     ("bad.pubtator", b(pt("100")).replace(b"rats", b"r\xffts"),
      "line 2, document '100': byte 29 of the line is not valid UTF-8 (0xff)"),
     ("bad.pubtator.gz", b"not gzip at all", "byte 0: not a valid gzip file: "),
-    ("bad.json", b'[{"title": "A"', "line 1: invalid JSON (truncated file): "),
+    ("bad.json", b'[{"title": "A"', "line 1, document 0: invalid JSON (truncated file): "),
     ("bad.xml", b"<collection><document><id>1</id>", "line 1: invalid XML: "),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, name, content, message):

@@ -275,7 +275,7 @@ def test_invalid_json_array_names_the_line():
     cut = text.index('"vertexSet"')
     with pytest.raises(DocumentError) as info:
         read(text[:cut] + "," + text[cut:])
-    assert info.value.where == f"line {text[:cut].count(chr(10)) + 1}"
+    assert info.value.where == f"line {text[:cut].count(chr(10)) + 1}, document 0"
     assert "invalid JSON" in info.value.problem
 
 

@@ -24,7 +24,11 @@ def _data_stats(args: argparse.Namespace) -> None:
         table, relations = document_table(docs, inventory, tokenizer)
         summary = summarize(table, relations)
         print(format_summary(summary, path))
-        print_counts(counts, quarantine)
+        print_counts(counts, [])
+        if quarantine:  # whole sources: a member's line names its archive too, never cut at the last "/"
+            print(f"{'quarantined':>24}: {sum(q.count for q in quarantine):,}")
+            for q in quarantine[:10]:
+                print(f"{'':>24}  {q.source}: {q.where}: {q.reason}")
         if args.json:
             print(json.dumps(summary | {"left_out": counts, "quarantined": sum(q.count for q in quarantine)}))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from .document import Document, DocumentError, Entity, Fact, Mention, RelationInventory
-from .segment import sentence_spans, token_spans
+from .segment import sentence_spans, sentence_tokens
 from .validate import validate_document
 
 UNLINKED = {"-1", "-", ""}
@@ -105,6 +105,12 @@ def assemble(raw: RawDocument, source: str, inventory: RelationInventory | None 
     if not text.strip():
         raise DocumentError(source, where, "empty document (no text)")
     for m in raw.mentions:
+        if m.start == m.end:
+            raise DocumentError(source, f"{m.where}, document {raw.id!r}",
+                                f"zero-length mention {m.text!r} at offset {m.start}")
+        if m.start > m.end:
+            raise DocumentError(source, f"{m.where}, document {raw.id!r}",
+                                f"mention {m.text!r} ends before it starts ([{m.start}, {m.end}))")
         if not 0 <= m.start < m.end <= len(text):
             raise DocumentError(source, f"{m.where}, document {raw.id!r}",
                                 f"mention {m.text!r} offsets [{m.start}, {m.end}) outside the text "
@@ -119,7 +125,7 @@ def assemble(raw: RawDocument, source: str, inventory: RelationInventory | None 
         sents = raw.sentences
     else:
         sents = [span for a, b in raw.passages for span in sentence_spans(text, a, b, protected)]
-    token_chars = [token_spans(text, a, b, boundaries) for a, b in sents]
+    token_chars = sentence_tokens(text, sents, boundaries)
     sentences = [[text[a:b] for a, b in toks] for toks in token_chars]
     start_at, end_at = {}, {}
     for si, toks in enumerate(token_chars):
@@ -174,9 +180,29 @@ def assemble(raw: RawDocument, source: str, inventory: RelationInventory | None 
                 counts["relations without a mention in the text"] = \
                     counts.get("relations without a mention in the text", 0) + 1
             continue
+        if _reversed(entities[ends[0]].type, entities[ends[1]].type, r.relation, inventory):
+            ends.reverse()
+            if counts is not None:
+                key = f"{r.relation} relations written tail->head, turned around"
+                counts[key] = counts.get(key, 0) + 1
         facts.append(Fact(ends[0], ends[1], r.relation))
     doc = Document(raw.id, sentences, entities, facts, raw.title, text, token_chars)
     return validate_document(doc, source, inventory, where)
+
+
+_CDR_DIRECTION = {"CID": ("Chemical", "Disease")}  # CDR writes chemical first; some exports do not
+
+
+def _reversed(head_type: str, tail_type: str, relation: str, inventory: RelationInventory | None) -> bool:
+    """A relation whose entity types fit only the other way round (Disease->Chemical for CID).
+
+    Such a fact would never be scored (no candidate pair holds it), so it is
+    turned around and counted rather than kept silently useless.
+    """
+    if inventory is not None and inventory.pair_types is not None:
+        return not inventory.is_candidate(head_type, tail_type) and inventory.is_candidate(tail_type, head_type)
+    want = _CDR_DIRECTION.get(relation)
+    return want is not None and (tail_type, head_type) == want
 
 
 def join_passages(texts: Sequence[str], sep: str = " ") -> tuple[str, list[tuple[int, int]], list[int]]:

@@ -38,7 +38,7 @@ from .assemble import (AssembleOptions, RawDocument, RawMention, RawRelation, as
                        split_ids)
 from .document import Document, DocumentError, RelationInventory
 from .validate import each_document
-from .xmlstream import iter_records
+from .xmlstream import child_text, element_text, iter_records
 
 Passages = Literal["title_abstract", "all"]
 _TITLE_TYPES = {"title", "front"}
@@ -48,53 +48,57 @@ _ID_INFONS = ("identifier", "Identifier", "MESH", "NCBI Gene", "NCBI Taxonomy", 
 
 # ---------------------------------------------------------------- XML -> dicts
 
-def _infons(el) -> dict[str, str]:
-    return {i.get("key"): (i.text or "") for i in el.iterfind("infon")}
+def _infons(el, counts: dict | None = None) -> dict[str, str]:
+    return {i.get("key"): element_text(i, counts) for i in el.iterfind("infon")}
 
 
-def _xml_document(el) -> dict:
-    """One lxml ``<document>`` element as a BioC JSON-shaped dict."""
+def _xml_document(el, counts: dict | None = None) -> dict:
+    """One lxml ``<document>`` element as a BioC JSON-shaped dict (entities in its text resolved and counted)."""
     def annotations(parent) -> list[dict]:
-        return [{"id": a.get("id"), "infons": _infons(a), "text": a.findtext("text") or "",
+        return [{"id": a.get("id"), "infons": _infons(a, counts), "text": child_text(a, "text", counts) or "",
                  "locations": [{"offset": loc.get("offset"), "length": loc.get("length")}
                                for loc in a.iterfind("location")]}
                 for a in parent.iterfind("annotation")]
 
     def relations(parent) -> list[dict]:
-        return [{"id": r.get("id"), "infons": _infons(r),
+        return [{"id": r.get("id"), "infons": _infons(r, counts),
                  "nodes": [{"refid": n.get("refid"), "role": n.get("role")} for n in r.iterfind("node")]}
                 for r in parent.iterfind("relation")]
 
     passages = []
     for p in el.iterfind("passage"):
-        text = p.findtext("text")
+        sentences = [{"offset": s.findtext("offset"), "text": child_text(s, "text", counts)}
+                     for s in p.iterfind("sentence")]
+        text = child_text(p, "text", counts)
         if text is None:  # sentence-level BioC: the passage text is its sentences' texts at their offsets
-            text = _sentences_text(p)
-        passages.append({"infons": _infons(p), "offset": p.findtext("offset"), "text": text,
-                         "sentences": [{"offset": s.findtext("offset"), "text": s.findtext("text")}
-                                       for s in p.iterfind("sentence")],
+            text = _sentences_text(p.findtext("offset"), sentences)
+        passages.append({"infons": _infons(p, counts), "offset": p.findtext("offset"), "text": text,
+                         "sentences": sentences,
                          "annotations": annotations(p) + [a for s in p.iterfind("sentence") for a in annotations(s)],
                          "relations": relations(p)})
-    return {"id": el.findtext("id"), "infons": _infons(el), "passages": passages,
+    return {"id": el.findtext("id"), "infons": _infons(el, counts), "passages": passages,
             "annotations": annotations(el), "relations": relations(el), "sourceline": el.sourceline}
 
 
-def _sentences_text(p) -> str:
-    base = int(p.findtext("offset") or 0)
-    text = ""
-    for s in p.iterfind("sentence"):
-        off = int(s.findtext("offset") or 0) - base
-        text = text.ljust(off) + (s.findtext("text") or "")
-    return text
+def _sentences_text(offset: str | None, sentences: list[dict]) -> str:
+    """A passage text rebuilt from its sentences; offsets that are not numbers are left to `bioc_raw` to report."""
+    try:
+        base = int(offset or 0)
+        text = ""
+        for s in sentences:
+            text = text.ljust(int(s["offset"] or 0) - base) + (s["text"] or "")
+        return text
+    except (TypeError, ValueError):
+        return ""
 
 
-def iter_bioc_xml(f: IO[bytes], source: str) -> Iterator[dict]:
+def iter_bioc_xml(f: IO[bytes], source: str, counts: dict | None = None) -> Iterator[dict]:
     """BioC documents of an XML stream, one at a time; a syntax error raises DocumentError with the line."""
     index = 0
     for el in iter_records(f, source, "document"):
         if el.getparent() is None or el.getparent().tag != "collection":
             continue  # a "document" element that is not a BioC document of the collection
-        yield _xml_document(el) | {"index": index}
+        yield _xml_document(el, counts) | {"index": index}
         index += 1
 
 
@@ -163,6 +167,23 @@ def _int(value: Any, what: str, source: str, where: str) -> int:
         raise DocumentError(source, where, f"{what} {value!r} is not an integer") from None
 
 
+def _objects(value: Any, what: str, source: str, where: str) -> list[dict]:
+    """A list of JSON objects, or a DocumentError that names what is not one (not a bare AttributeError)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DocumentError(source, where, f"{what}s must be a list, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        _object(item, f"{what} {i}", source, where)
+    return value
+
+
+def _object(value: Any, what: str, source: str, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise DocumentError(source, where, f"{what} is not an object (got {type(value).__name__} {value!r:.40})")
+    return value
+
+
 def _role(value: str) -> tuple[str, str] | None:
     """PubTator3 ``Type|ID`` -> (type, id); None when unusable."""
     if not value or "|" not in value:
@@ -176,6 +197,11 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
     """A BioC document dict -> RawDocument in the joined text's coordinates."""
     if not isinstance(d, dict):
         raise DocumentError(source, "document", f"expected a JSON object, got {type(d).__name__}")
+    for key in ("infons", "passages"):
+        for p in ([d] + d["passages"] if key == "passages" and isinstance(d.get("passages"), list) else [d]):
+            if isinstance(p, dict) and not isinstance(p.get("infons") or {}, dict):
+                raise DocumentError(source, f"document {d.get('id', d.get('index', '?'))!r}",
+                                    f"infons must be an object, got {type(p.get('infons')).__name__}")
     doc_id = _doc_id(d)
     where = f"document {doc_id!r}" if doc_id else f"document {d.get('index', '?')}"
     if "sourceline" in d:
@@ -207,7 +233,7 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
     sentences: list[tuple[int, int]] | None = []
     for (p, _), start, t in zip(kept, starts, texts):
         p_off = _int(p.get("offset", 0), "passage offset", source, where)
-        sents = p.get("sentences") or []
+        sents = _objects(p.get("sentences"), "sentence", source, where)
         if sentences is not None and sents and all(s.get("text") for s in sents):
             for s in sents:  # sentences the source states: used as they are (every kept passage must have them)
                 local = _int(s.get("offset"), "sentence offset", source, where) - p_off
@@ -217,8 +243,8 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
                 sentences.append((start + local, start + local + len(s["text"])))
         else:
             sentences = None
-        for a in p.get("annotations") or []:
-            infons = a.get("infons") or {}
+        for a in _objects(p.get("annotations"), "annotation", source, where):
+            infons = _object(a.get("infons") or {}, f"annotation {str(a.get('id'))!r} infons", source, where)
             aid = str(a.get("id"))
             awhere = f"annotation {aid!r}"
             etype = str(infons.get("type", "")).strip()
@@ -228,9 +254,13 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
             locs = a.get("locations") or []
             if not locs:
                 raise DocumentError(source, f"{awhere}, {where}", "annotation has no location")
-            for loc in locs:
+            for loc in _objects(locs, "location", source, f"{awhere}, {where}"):
                 off = _int(loc.get("offset"), "location offset", source, f"{awhere}, {where}")
                 length = _int(loc.get("length"), "location length", source, f"{awhere}, {where}")
+                if length <= 0:
+                    raise DocumentError(source, f"{awhere}, {where}",
+                                        f"zero-length annotation at offset {off}" if length == 0 else
+                                        f"annotation with negative length {length} at offset {off}")
                 local = off - p_off
                 if not 0 <= local < local + length <= len(t):
                     raise DocumentError(source, f"{awhere}, {where}",
@@ -240,14 +270,14 @@ def bioc_raw(d: dict, source: str, passages: Passages = "title_abstract", counts
                 mentions.append(RawMention(start + local, start + local + length, mtext, etype, ids, awhere))
     # annotations of passages left out still name entities for relation nodes
     for p in raw_passages:
-        for a in p.get("annotations") or []:
+        for a in _objects(p.get("annotations"), "annotation", source, where):
             by_ann.setdefault(str(a.get("id")), [(str((a.get("infons") or {}).get("type", "")),
                                                  i) for i in split_ids(_ids_of(a.get("infons") or {}))])
     mentions.sort(key=lambda m: (m.start, m.end))
     relations: list[RawRelation] = []
     all_rel = list(d.get("relations") or []) + [r for p, _ in kept for r in (p.get("relations") or [])]
-    for r in all_rel:
-        infons = r.get("infons") or {}
+    for r in _objects(all_rel, "relation", source, where):
+        infons = _object(r.get("infons") or {}, f"relation {str(r.get('id'))!r} infons", source, where)
         rwhere = f"relation {str(r.get('id'))!r}"
         rtype = str(infons.get("type") or infons.get("relation") or "").strip()
         head, tail = _role(infons.get("role1", "")), _role(infons.get("role2", ""))

@@ -16,6 +16,9 @@ from .validate import bad_utf8, each_document, validate_document
 def read_rel_info(text: str) -> RelationInventory:
     """DocRED's rel_info.json maps Wikidata property ids to names."""
     info = json.loads(text)
+    if not isinstance(info, dict) or not info or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in info.items()):
+        raise ValueError("rel_info.json must map relation ids to names")
     return RelationInventory(sorted(info, key=lambda p: int(p[1:]) if p[1:].isdigit() else p), dict(info))
 
 
@@ -61,34 +64,76 @@ def _document(raw: dict, source: str, where: str, inventory: RelationInventory |
     return validate_document(doc, source, inventory, where)
 
 
-def _complete_elements(text: str) -> int:
-    """How many elements of a JSON array parse before the point where it breaks."""
-    decoder, n, i = json.JSONDecoder(), 0, text.index("[") + 1
+def _line_of(text: str, pos: int, skipped: int) -> int:
+    return text.count("\n", 0, pos) + 1 + skipped
+
+
+def _json_error(source: str, text: str, e: json.JSONDecodeError, skipped: int, what: str) -> DocumentError:
+    # a string still open where the text ends runs to the end: JSON strings cannot hold a raw line break
+    truncated = e.pos >= len(text.rstrip()) or (e.msg.startswith("Unterminated string") and "\n" not in text[e.pos:])
+    rest = "" if truncated else "; the rest of the file is unreadable"
+    err = DocumentError(source, f"line {e.lineno + skipped}{what}",
+                        f"invalid JSON{' (truncated file)' if truncated else ''}: {e.msg}{rest}")
+    err.syntax = True  # where the bytes broke, this is the cut's doing: the reader reports the cut instead
+    return err
+
+
+def _array_elements(text: str, source: str, skipped: int) -> Iterator[tuple[str, object]]:
+    """(where, element) of a JSON array, one element at a time.
+
+    A truncated or broken array keeps every element before the break; the
+    break itself raises one DocumentError for the element it is in. An element
+    with bytes that are not UTF-8 comes back as a DocumentError in place of the
+    element, so only that document is refused.
+    """
+    decoder = json.JSONDecoder()
+    i, n = text.index("[") + 1, 0
     while True:
-        while i < len(text) and text[i] in " \t\r\n,":
+        while i < len(text) and text[i] in " \t\r\n":
             i += 1
+        if i < len(text) and text[i] == "]":
+            if text[i + 1:].strip():
+                raise DocumentError(source, f"line {_line_of(text, i + 1, skipped)}",
+                                    "invalid JSON: extra data after the array")
+            return
+        if n and i < len(text):
+            if text[i] != ",":
+                err = DocumentError(source, f"line {_line_of(text, i, skipped)}, document {n}",
+                                    "invalid JSON: expected ',' or ']' between documents; the rest of the file "
+                                    "is unreadable")
+                err.syntax = True
+                raise err
+            i += 1
+        start = i
         try:
-            _, i = decoder.raw_decode(text, i)
-        except (json.JSONDecodeError, ValueError):
-            return n
+            element, i = decoder.raw_decode(text, _skip_space(text, i))
+        except json.JSONDecodeError as e:
+            raise _json_error(source, text, e, skipped, f", document {n}") from None
+        bad = next((k for k in range(start, i) if "\udc80" <= text[k] <= "\udcff"), None)
+        if bad is not None:
+            line_start = text.rfind("\n", 0, bad) + 1
+            problem = bad_utf8(text[line_start:text.find("\n", bad) if "\n" in text[bad:] else len(text)])
+            yield f"document {n}", DocumentError(source, f"line {_line_of(text, bad, skipped)}", problem)
+        else:
+            yield f"document {n}", element
         n += 1
 
 
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
 def _whole(text: str, source: str, skipped: int):
-    """Parse a whole-file JSON value (an array, or one pretty-printed object); reject it as a whole if broken."""
+    """Parse a whole-file JSON value (one pretty-printed object); reject it as a whole if broken."""
     for n, line in enumerate(text.splitlines(), skipped + 1):
         if (problem := bad_utf8(line)) is not None:
             raise DocumentError(source, f"line {n}", problem)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        truncated = e.pos >= len(text.rstrip())
-        err = DocumentError(source, f"line {e.lineno + skipped}", f"invalid JSON{' (truncated file)' if truncated else ''}"
-                                                                   f": {e.msg}; the file is rejected as a whole")
-        if text.lstrip().startswith("["):  # what it stands for: the documents that parsed, plus the broken one
-            err.count = _complete_elements(text) + 1
-            err.problem += f" ({err.count} documents)"
-        raise err from None
+        raise _json_error(source, text, e, skipped, "") from None
 
 
 def _is_json(text: str) -> bool:
@@ -108,11 +153,23 @@ def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str,
             break
         skipped += 1
     first = first.removeprefix("\ufeff")
-    # one JSON array, or an object whose first line is not a whole JSON value (pretty-printed): parsed whole
-    if first.lstrip().startswith("[") or (first.lstrip().startswith("{") and not _is_json(first)):
-        data = _whole(first + "".join(it), source, skipped)
-        for i, raw in enumerate(data if isinstance(data, list) else [data]):
-            yield f"document {i}", raw
+    if first.lstrip().startswith("["):  # one JSON array: element by element, so a cut keeps those before it
+        parts, broken = [first], None
+        try:
+            parts.extend(it)
+        except DocumentError as err:  # the byte stream broke: read what arrived, then say where it broke
+            broken = err
+        try:
+            yield from _array_elements("".join(parts), source, skipped)
+        except DocumentError as err:
+            if broken is None or not getattr(err, "syntax", False):
+                raise
+        if broken is not None:
+            raise broken
+        return
+    # an object whose first line is not a whole JSON value (pretty-printed): parsed whole
+    if first.lstrip().startswith("{") and not _is_json(first):
+        yield "document 0", _whole(first + "".join(it), source, skipped)
         return
     for n, line in enumerate(itertools.chain([first], it), skipped + 1):
         if not line.strip():
@@ -123,7 +180,9 @@ def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str,
             try:
                 yield f"line {n}", json.loads(line)
             except json.JSONDecodeError as e:
-                raise DocumentError(source, f"line {n}", f"invalid JSON: {e.msg}") from None
+                err = DocumentError(source, f"line {n}", f"invalid JSON: {e.msg}")
+                err.syntax = not line.endswith("\n")  # the last line, cut short where the bytes broke
+                raise err from None
         except DocumentError as err:
             if on_error is None:
                 raise err from None
@@ -141,6 +200,8 @@ def read_docred(lines: Iterable[str] | str, source: str, inventory: RelationInve
     """
     def build(record: tuple[str, object]) -> tuple[Document, str]:
         where, raw = record
+        if isinstance(raw, DocumentError):  # an element refused while parsing (bytes that are not UTF-8)
+            raise raw
         title = raw.get("title") if isinstance(raw, dict) else None
         where = f"{where} ({title!r})" if title is not None else where
         return _document(raw, source, where, inventory), where

@@ -13,18 +13,20 @@ and ``pubmed`` (PubMed baseline/update XML). Where the name is ambiguous
 (``.json``, ``.xml``) the first bytes decide; ``format=`` overrides.
 
 Errors: bytes that are not UTF-8 quarantine the document (or JSON line) they
-are in; a corrupt or truncated gzip/tar stream, broken XML or a JSON array
-that does not parse stop that file with one `DocumentError` naming it and the
-line or byte position. In lenient mode (a `quarantine` list) that becomes one
-quarantine record for the file (``count`` = documents it stands for, when
-known) and reading goes on with the next input.
+are in. A cut or corrupt gzip/tar stream keeps every complete record before
+the break (see `SalvagingReader`, `docre.data.tarstream`) and gives one
+`DocumentError` naming the file, the member and where the data ends; broken
+XML or JSON ends that file or member with one. In lenient mode (a
+`quarantine` list) each becomes one quarantine record (``count`` = documents
+it is known to stand for) and reading goes on with the next member or input.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
-import tarfile
+import re
 from dataclasses import dataclass
 from typing import IO, Iterable, Iterator, Literal
 
@@ -37,7 +39,8 @@ from .document import (Document, DocumentError, RelationInventory, cdr_inventory
                        keep_entity_types)
 from .pubmed import ConceptIndex, concept_index_for, read_pubmed
 from .pubtator import read_pubtator
-from .streams import STREAM_ERRORS, CountingReader, iter_lines, open_binary, open_text, stream_error
+from .streams import SalvagingReader, iter_lines, open_binary, open_text
+from .tarstream import is_data_member, iter_tar
 
 Format = Literal["docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed"]
 FORMATS: tuple[str, ...] = ("docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed")
@@ -139,15 +142,26 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
     types = set(inventory.entity_types) if inventory is not None and inventory.entity_types and \
         options.entity_types == "model" else None
 
-    def post(docs: Iterator[Document]) -> Iterator[Document]:
+    seen: dict[str, str] = {}  # id -> member it came from: ids are unique across an archive, as across a file
+
+    def post(docs: Iterator[Document], source: str) -> Iterator[Document]:
         for doc in docs:
+            if source != url:
+                if doc.id in seen and seen[doc.id] != source:
+                    err = DocumentError(source, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
+                                                                        f"(already read from {seen[doc.id]})")
+                    if quarantine is None:
+                        raise err
+                    quarantine.append(Quarantined.of(err))
+                    continue
+                seen[doc.id] = source
             if inventory is not None and options.unknown_relations == "ignore":
                 doc = drop_unknown_relations(doc, inventory, counts)
             if types is not None:
                 doc = keep_entity_types(doc, types, counts)
             yield doc
 
-    sources = _archive_members(url) if is_archive(url) else iter([(url, None)])
+    sources = _archive_members(url, counts) if is_archive(url) else iter([(url, None)])
     while True:
         try:  # the archive itself may break between members: that ends this input, as one record
             source, member = next(sources)
@@ -159,29 +173,33 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
             quarantine.append(Quarantined.of(err))
             return
         try:  # _read_one turns a broken byte stream into a DocumentError naming the file
-            yield from post(_read_one(source, member, format, check, quarantine, options, counts, deleted))
+            yield from post(_read_one(source, member, format, check, quarantine, options, counts, deleted), source)
         except DocumentError as err:
             if quarantine is None:
                 raise
             quarantine.append(Quarantined.of(err))
-            if member is not None and getattr(err, "stream", False):
-                return  # a member's bytes broke: the archive around it is broken too, one record says so
 
 
-def _archive_members(url: str) -> Iterator[tuple[str, IO[bytes] | None]]:
-    """(url!member, its stream) for each regular file of a tar archive, read once, front to back."""
-    raw = CountingReader(open_binary(url))
+NOT_DATA_MEMBERS = "archive members skipped (not data: licence, read-me, checksum)"
+
+
+def _archive_members(url: str, counts: dict | None) -> Iterator[tuple[str, IO[bytes]]]:
+    """(url!member, its stream) for each data member of a tar archive, read once, front to back.
+
+    Licences, read-mes and checksum files are skipped and counted under their
+    own heading, so one foreign member never ends the archive.
+    """
+    salvage = SalvagingReader(open_binary(url) if not url.lower().endswith(".tgz") else
+                              fsspec.open(url, "rb", compression="gzip").open(), url)
     try:
-        with tarfile.open(fileobj=io.BufferedReader(raw, 1 << 20), mode="r|*") as tar:
-            for member in tar:
-                name = member.name.rsplit("/", 1)[-1]
-                if not member.isfile() or name.startswith((".", "_")):
-                    continue
-                yield f"{url}!{member.name}", tar.extractfile(member)
-    except STREAM_ERRORS as e:
-        raise stream_error(url, e, raw.pos) from None
+        for name, _, member in iter_tar(salvage, url):
+            if not is_data_member(name):
+                if counts is not None:
+                    counts[NOT_DATA_MEMBERS] = counts.get(NOT_DATA_MEMBERS, 0) + 1
+                continue
+            yield f"{url}!{name}", member
     finally:
-        raw.f.close()
+        salvage.f.close()
 
 
 def _head(f: IO[bytes], n: int = 4096) -> tuple[bytes, IO[bytes]]:
@@ -190,43 +208,115 @@ def _head(f: IO[bytes], n: int = 4096) -> tuple[bytes, IO[bytes]]:
     return buffered.peek(n)[:n], buffered
 
 
+_XML_FORMATS = ("bioc_xml", "pubmed")
+_COMPRESSED = re.compile(r"\.(gz|tgz|bz2|xz|zst)(!|$)", re.I)  # a compressed file, or a member of one
+
+
+def _line(where: str) -> int:
+    m = re.match(r"line (\d+)", where)
+    return int(m.group(1)) if m else 0
+
+
+def _check_format(source: str, fmt: Format, head: bytes, given: bool) -> Format:
+    """A format given by the user must fit the bytes: PubMed XML read as BioC gives nothing, silently."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if fmt in _XML_FORMATS:
+        if not text.startswith(b"<"):
+            raise DocumentError(source, "line 1", f"format {fmt} given, but the file is not XML")
+        try:
+            found = sniff_xml(head, source)
+        except ValueError:
+            raise DocumentError(source, "line 1", "XML that is neither a BioC <collection> nor a "
+                                                  "<PubmedArticleSet>") from None
+        if found != fmt:
+            what = "PubMed XML (<PubmedArticleSet>)" if found == "pubmed" else "BioC XML (<collection>)"
+            raise DocumentError(source, "line 1", f"format {fmt} given, but the file is {what}; "
+                                                  f"use --format {found}")
+    elif given and text.startswith(b"<"):
+        raise DocumentError(source, "line 1", f"format {fmt} given, but the file is XML")
+    return fmt
+
+
 def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inventory: RelationInventory | None,
               quarantine: list[Quarantined] | None, options: ReadOptions, counts: dict | None,
               deleted: list[str] | None) -> Iterator[Document]:
-    on_error = None if quarantine is None else (lambda err: quarantine.append(Quarantined.of(err)))
-    f = counting = None
+    """Documents of one file or archive member, every complete one before a cut included.
+
+    The bytes are read through a `SalvagingReader`: where they break, readers
+    see an end of file, keep every record before it, and the parse error that
+    the cut causes is replaced by one record naming the real position.
+    """
+    f = member if member is not None else open_binary(source)
+    if member is not None and source.lower().endswith(".gz"):  # a compressed member: decompressed by its name
+        f = gzip.GzipFile(fileobj=io.BufferedReader(member), mode="rb")
+    salvage = SalvagingReader(f, source)
+    cut_reported = False
+
+    def the_cut(err: DocumentError) -> DocumentError:
+        """A parse error caused by a broken stream is the cut; other errors are what they say."""
+        nonlocal cut_reported
+        if getattr(err, "syntax", False) and salvage.error is None and _COMPRESSED.search(source):
+            salvage.drain(16 << 20)
+        if salvage.error is not None and getattr(err, "syntax", False):
+            cut_reported = True
+            cut = salvage.cut()
+            if salvage.lines + 1 > _line(err.where) + 1 and "corrupt" in cut.problem:
+                cut.problem += f" (the text is unreadable from {err.where.split(',')[0]})"
+            return cut
+        return err
+
+    def on_error(err: DocumentError) -> None:
+        quarantine.append(Quarantined.of(the_cut(err)))
+
+    lenient = None if quarantine is None else on_error
     try:
-        f = member if member is not None else open_binary(source)
-        counting = CountingReader(f)
-        head, stream = _head(counting)
+        head, stream = _head(salvage)
         if not head.strip(b"\xef\xbb\xbf \t\r\n"):
+            if (cut := salvage.cut()) is not None:
+                raise cut
             return  # an empty file holds no documents
-        fmt = format or detect_format(source, head)
+        try:
+            fmt = _check_format(source, format or detect_format(source, head), head, format is not None)
+        except ValueError as e:
+            xml = _strip(source.rsplit("!", 1)[-1]).endswith(".xml")
+            if isinstance(e, DocumentError) or (member is None and not xml):
+                raise  # a file whose name says nothing: a usage error, not a bad record
+            raise DocumentError(source, "line 1" if xml else "member", str(e).removeprefix(f"{source}: ")) from None
         if fmt in ("pubtator", "docred", "atlop"):
-            lines = (text for _, text in iter_lines(source, stream))
+            lines = (text for _, text in iter_lines(source, stream, salvage, keep_partial=fmt == "docred"))
             if fmt == "pubtator":
-                yield from read_pubtator(lines, source, inventory, options.unlinked, on_error, counts)
+                yield from read_pubtator(lines, source, inventory, options.unlinked, lenient, counts)
             elif fmt == "docred":
-                yield from read_docred(lines, source, inventory, on_error=on_error)
+                yield from read_docred(lines, source, inventory, on_error=lenient)
             else:
                 relation = "CID" if inventory is None or len(inventory) < 2 else inventory.ids[1]
-                yield from read_atlop(lines, source, relation=relation, on_error=on_error)
+                yield from read_atlop(lines, source, relation=relation, on_error=lenient)
         elif fmt == "bioc_xml":
-            yield from read_bioc(iter_bioc_xml(stream, source), source, inventory, options.passages,
-                                 options.unlinked, on_error, counts)
+            yield from read_bioc(iter_bioc_xml(stream, source, counts), source, inventory, options.passages,
+                                 options.unlinked, lenient, counts)
         elif fmt == "bioc_json":
             yield from read_bioc(iter_bioc_json(_load_json(stream, source), source), source, inventory,
-                                 options.passages, options.unlinked, on_error, counts)
+                                 options.passages, options.unlinked, lenient, counts)
         elif fmt == "pubmed":
             index = ConceptIndex(concept_index_for(options.concepts)) if options.concepts else None
-            yield from read_pubmed(stream, source, index, inventory, options.unlinked, on_error, counts, deleted)
+            if index is not None and index.manifest.get("bad_lines") and counts is not None:
+                m = index.manifest
+                first = ", ".join(str(n) for n in m.get("first_bad_lines", [])[:5])
+                counts[f"lines of the concepts file {m.get('source', options.concepts)} skipped (not PMID, type, "
+                       f"concept id, mentions; first at line {first})"] = m["bad_lines"]
+            yield from read_pubmed(stream, source, index, inventory, options.unlinked, lenient, counts, deleted)
         else:
             raise ValueError(f"unknown format {fmt!r}")
-    except STREAM_ERRORS as e:
-        raise stream_error(source, e, counting.pos if counting is not None else None) from None
+    except DocumentError as err:
+        raise the_cut(err) from None
     finally:
-        if member is None and f is not None:
+        if member is None:
             f.close()
+    if salvage.error is not None and not cut_reported:
+        # a reader that reached the cut without a parse error (a cut between records): still one record
+        cut = salvage.cut()
+        cut.count = 0
+        raise cut
 
 
 def _load_json(f: IO[bytes], source: str):
@@ -242,7 +332,9 @@ def _load_json(f: IO[bytes], source: str):
         return json.loads(text)
     except json.JSONDecodeError as e:
         cut = " (the file is truncated)" if e.pos >= len(text.rstrip()) else ""
-        raise DocumentError(source, f"line {e.lineno}, column {e.colno}", f"invalid JSON{cut}: {e.msg}") from None
+        err = DocumentError(source, f"line {e.lineno}, column {e.colno}", f"invalid JSON{cut}: {e.msg}")
+        err.syntax = True  # where the bytes broke, this is the cut's doing
+        raise err from None
 
 
 def load_inventory(spec: str | None, docs: Iterable[Document] = ()) -> RelationInventory:
@@ -250,9 +342,21 @@ def load_inventory(spec: str | None, docs: Iterable[Document] = ()) -> RelationI
     if spec == "cdr":
         return cdr_inventory()
     if spec:
-        with open_text(spec) as f:
-            text = f.read()
-        return RelationInventory.from_json(text) if '"ids"' in text else read_rel_info(text)
+        with open_binary(spec) as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DocumentError(spec, f"byte {e.start}", f"relations file is not valid UTF-8 "
+                                                         f"(0x{data[e.start]:02x})") from None
+        try:
+            return RelationInventory.from_json(text) if '"ids"' in text else read_rel_info(text)
+        except json.JSONDecodeError as e:
+            raise DocumentError(spec, f"line {e.lineno}, column {e.colno}",
+                                f"relations file is not valid JSON: {e.msg}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DocumentError(spec, "relations file", "expected a rel_info.json object ({\"P17\": \"country\", "
+                                                        f"...}}) or an inventory with \"ids\" ({e})") from None
     return RelationInventory.from_documents(docs)
 
 

@@ -43,22 +43,56 @@ def _text(el) -> str:
     return " ".join("".join(el.itertext()).split()) if el is not None else ""
 
 
-def iter_pubmed_xml(f: IO[bytes], source: str, deleted: list[str] | None = None) -> Iterator[Citation]:
-    """Citations of a PubmedArticleSet stream; PMIDs of DeleteCitation go to `deleted`."""
+DELETED = "citations deleted (DeleteCitation PMIDs)"
+OLDER_VERSIONS = "older versions of a PMID dropped (the latest Version is read)"
+UNMATCHED_CONCEPTS = "concept mentions never found in the text"
+
+
+def _version(pmid_el, source: str, line: int, pmid: str) -> int:
+    raw = pmid_el.get("Version", "1") if pmid_el is not None else "1"
+    try:
+        return int(raw)
+    except ValueError:
+        raise DocumentError(source, f"line {line}, document {pmid!r}",
+                            f"PMID Version {raw!r} is not a whole number") from None
+
+
+def iter_pubmed_xml(f: IO[bytes], source: str, deleted: list[str] | None = None,
+                    counts: dict | None = None) -> Iterator[Citation | DocumentError]:
+    """Citations of a PubmedArticleSet stream (journal and book articles); DeleteCitation PMIDs go to `deleted`.
+
+    A citation that cannot be read comes back as the DocumentError that says
+    why, in its place, so one bad record never ends the file.
+    """
     for el in iter_records(f, source, ("PubmedArticle", "DeleteCitation", "PubmedBookArticle")):
         if el.tag == "DeleteCitation":
+            pmids = [(p.text or "").strip() for p in el.iterfind("PMID")]
             if deleted is not None:
-                deleted.extend((p.text or "").strip() for p in el.iterfind("PMID"))
-        elif el.tag == "PubmedArticle":
+                deleted.extend(pmids)
+            if counts is not None:
+                counts[DELETED] = counts.get(DELETED, 0) + len(pmids)
+            continue
+        if el.tag == "PubmedArticle":
             cit = el.find("MedlineCitation")
             pmid_el = cit.find("PMID") if cit is not None else None
-            pmid = (pmid_el.text or "").strip() if pmid_el is not None else ""
-            version = int(pmid_el.get("Version", "1")) if pmid_el is not None else 1
             art = cit.find("Article") if cit is not None else None
             title = _text(art.find("ArticleTitle")) if art is not None else ""
-            parts = [t for t in (_text(a) for a in art.iterfind("Abstract/AbstractText")) if t] \
-                if art is not None else []
-            yield Citation(pmid, version, title, parts, el.sourceline)
+            abstracts = art.iterfind("Abstract/AbstractText") if art is not None else []
+        else:  # PubmedBookArticle: a book or chapter, with its own title and abstract
+            book = el.find("BookDocument")
+            pmid_el = book.find("PMID") if book is not None else None
+            title = ""
+            if book is not None:
+                title = _text(book.find("ArticleTitle")) or _text(book.find("Book/BookTitle"))
+            abstracts = book.iterfind("Abstract/AbstractText") if book is not None else []
+        pmid = (pmid_el.text or "").strip() if pmid_el is not None else ""
+        try:
+            version = _version(pmid_el, source, el.sourceline, pmid)
+        except DocumentError as err:
+            yield err
+            continue
+        parts = [t for t in (_text(a) for a in abstracts) if t]
+        yield Citation(pmid, version, title, parts, el.sourceline)
 
 
 # ---------------------------------------------------------------- the concept index
@@ -210,14 +244,19 @@ _WORD = re.compile(r"\w", re.UNICODE)
 
 
 def locate_mentions(text: str, concepts: list[tuple[str, str, list[str]]],
-                    spans: list[tuple[int, int]]) -> list[RawMention]:
-    """Every exact occurrence of each concept's mention strings on token boundaries, inside one passage."""
+                    spans: list[tuple[int, int]], counts: dict | None = None) -> list[RawMention]:
+    """Every exact occurrence of each concept's mention strings on token boundaries, inside one passage.
+
+    Mention strings found nowhere are counted in `counts`: a concept file for
+    another version of the abstract would otherwise just lose its entities.
+    """
     out = []
     for etype, concept_id, mentions in concepts:
         ids = split_ids(concept_id)
         for m in dict.fromkeys(mentions):
             if not m:
                 continue
+            found = len(out)
             start = text.find(m)
             while start >= 0:
                 end = start + len(m)
@@ -228,6 +267,8 @@ def locate_mentions(text: str, concepts: list[tuple[str, str, list[str]]],
                         not (_WORD.match(after) and _WORD.match(m[-1])):
                     out.append(RawMention(start, end, m, etype, ids, f"concept {concept_id!r}"))
                 start = text.find(m, start + 1)
+            if len(out) == found and counts is not None:
+                counts[UNMATCHED_CONCEPTS] = counts.get(UNMATCHED_CONCEPTS, 0) + 1
     out.sort(key=lambda r: (r.start, r.end))
     return out
 
@@ -247,8 +288,11 @@ def read_pubmed(f: IO[bytes], source: str, concepts: ConceptIndex | None = None,
         found = concepts.lookup(c.pmid for c in cits) if concepts is not None else {}
         latest: dict[str, Citation] = {}
         for c in cits:
-            if c.pmid in latest and latest[c.pmid].version > c.version:
-                continue
+            if c.pmid in latest:
+                if counts is not None:
+                    counts[OLDER_VERSIONS] = counts.get(OLDER_VERSIONS, 0) + 1
+                if latest[c.pmid].version > c.version:
+                    continue
             latest.pop(c.pmid, None)
             latest[c.pmid] = c
         for c in latest.values():
@@ -261,7 +305,7 @@ def read_pubmed(f: IO[bytes], source: str, concepts: ConceptIndex | None = None,
                     text, spans, _ = join_passages(c.abstract)
                 if not text.strip():
                     raise DocumentError(source, where, "citation has no title and no abstract")
-                mentions = locate_mentions(text, found.get(c.pmid, []), spans)
+                mentions = locate_mentions(text, found.get(c.pmid, []), spans, counts)
                 raw = RawDocument(c.pmid, text, spans, c.title, mentions, [], labelled=False, where=where)
                 yield assemble(raw, source, inventory, options, counts)
             except DocumentError as err:
@@ -270,7 +314,14 @@ def read_pubmed(f: IO[bytes], source: str, concepts: ConceptIndex | None = None,
                 on_error(err)
 
     try:
-        for cit in iter_pubmed_xml(f, source, deleted):
+        for cit in iter_pubmed_xml(f, source, deleted, counts):
+            if isinstance(cit, DocumentError):
+                if on_error is None:
+                    yield from emit(pending)
+                    pending = []
+                    raise cit
+                on_error(cit)
+                continue
             pending.append(cit)
             if len(pending) >= batch:
                 yield from emit(pending)
