@@ -4,8 +4,10 @@ champion/challenger -> store, and promote only a model that is not worse than pr
 How a run ends (the flow run's state):
 
 * **Completed** - the challenger was promoted: `<store>/latest` names it.
-* **NotPromoted** (a Completed-type state with that name) - the challenger scored below the
-  champion minus `tolerance`, or below `floor`: it is stored as a candidate
+* **NotPromoted** (a Completed-type state with that name) - the challenger failed the rule
+  (docre.registry.promotion): F1 below `floor`, the lower bound of the paired-bootstrap
+  interval of challenger - champion F1 below -`tolerance`, or F1 more than `drift_budget`
+  below the best F1 ever promoted: it is stored as a candidate
   (`<store>/<version>/`, `latest` unchanged), the `docre-champion-challenger` artifact shows
   both models side by side and the event `docre.model.rejected` is emitted.
 * **Skipped** (Completed-type) - the training data fingerprint equals the champion's and
@@ -38,7 +40,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from docre.registry import store
-from docre.registry.promotion import percent_by_k
+from docre.registry.promotion import PromotionPolicy, best_promoted, percent_by_k
 from docre.extract import redact_url
 from docre.training.train import TrainConfig
 from tasks.data import tokenize
@@ -60,6 +62,22 @@ def merge_config(base: dict, override: dict | None) -> dict:
     return out
 
 
+def _local_eval(version_url: str, encoder: str | None, eval_ds: dict, eval_inputs: str, data_url: str,
+                relations: str | None, format: str | None, name: str) -> tuple[str, str]:
+    """(local checkpoint directory, tokenized evaluation set URL) for a stored model.
+
+    A model reads the evaluation set with its own tokenizer: the set tokenized
+    for this run's encoder is reused when the encoders match, else it is
+    tokenized again into `<data_url>/<name>` (cached there for later runs).
+    """
+    checkpoint = str(store.fetch_model(version_url))
+    its_encoder = json.loads((Path(checkpoint) / "config.json").read_text()).get("encoder")
+    if its_encoder == encoder:
+        return checkpoint, eval_ds["url"]
+    return checkpoint, tokenize(eval_inputs, f"{data_url}/{name}", str(Path(checkpoint) / "tokenizer"), relations,
+                                format)["url"]
+
+
 def _champion(model_store_url: str) -> dict | None:
     """The store's current `latest`: version, checkpoint URL and its version.json, or None for an empty store."""
     if store.read_latest(model_store_url) is None:
@@ -76,8 +94,10 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
                 work_url: str | None = None, data_url: str | None = None, config_file: str | None = None,
                 config: dict[str, Any] | None = None, relations: str | None = "cdr",
                 format: InputFormat | None = None, eval_inputs: str | None = None, compare_k: int | None = None,
-                tolerance: float = 0.5, floor: float = 1.0, force: bool = False, device: Device = "auto",
-                precision: Precision = "auto", progress_every: int = 20, version: str | None = None):
+                tolerance: float = 0.5, floor: float = 1.0, drift_budget: float = 1.0,
+                bootstrap_resamples: int = 1000, bootstrap_seed: int = 0, force: bool = False,
+                device: Device = "auto", precision: Precision = "auto", progress_every: int = 20,
+                version: str | None = None):
     """Train DocRE-II, compare it with the model in production, and promote it only if it is not worse.
 
     Args:
@@ -99,8 +119,15 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
             (default: dev_inputs).
         compare_k: The inference iteration K at which the two F1 scores are compared
             (default: the largest K in the config's eval_iterations).
-        tolerance: F1 points the challenger may fall below the champion and still be promoted.
-        floor: Minimum F1 (points) for promotion, also when the store is empty.
+        tolerance: F1 points the challenger may plausibly fall below the champion and still be
+            promoted: the lower bound of the 95% paired-bootstrap interval of challenger F1 -
+            champion F1 (evaluation documents resampled) must be >= -tolerance. Default 0.5.
+        floor: Minimum F1 (points) for promotion, also when the store is empty. Default 1.0.
+        drift_budget: F1 points the challenger may fall below the best F1 ever promoted (that
+            model re-scored on the evaluation set when it is still in the store, else as
+            recorded in its lineage); stops a chain of small regressions. Default 1.0.
+        bootstrap_resamples: Resamples of the evaluation documents for the interval. Default 1000.
+        bootstrap_seed: Seed of the resampling, so a decision can be reproduced. Default 0.
         force: Train even when the training data is the champion's (e.g. after a config change).
         device: auto (CUDA when the worker has a GPU), cpu or cuda.
         precision: Training autocast: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
@@ -109,6 +136,12 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
     """
     t0 = time.time()
     logger = get_run_logger()
+    try:
+        policy = PromotionPolicy(tolerance=tolerance, floor=floor, drift_budget=drift_budget,
+                                 resamples=bootstrap_resamples, seed=bootstrap_seed)
+    except ValueError as e:  # before hours of training, not at the comparison
+        logger.error("%s", e)
+        return Failed(message=str(e))
     data_url = (data_url or f"{work_dir}/data").rstrip("/")
     work_url = (work_url or f"{model_store_url.rstrip('/')}/_work").rstrip("/")
     try:
@@ -159,16 +192,24 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
     iterations = sorted(set(cfg.eval_iterations) | {compare_k})
     champion_local, champion_eval_url = None, None
     if champion:
-        champion_local = {"version": champion["version"], "checkpoint": str(store.fetch_model(champion["url"]))}
-        champion_encoder = json.loads((Path(champion_local["checkpoint"]) / "config.json").read_text()).get("encoder")
-        champion_eval_url = eval_ds["url"] if champion_encoder == encoder else tokenize(
-            eval_inputs or dev_inputs, f"{data_url}/eval-champion", str(Path(champion_local["checkpoint"]) / "tokenizer"),
-            relations, format)["url"]
+        checkpoint, champion_eval_url = _local_eval(champion["url"], encoder, eval_ds, eval_inputs or dev_inputs,
+                                                    data_url, relations, format, "eval-champion")
+        champion_local = {"version": champion["version"], "checkpoint": checkpoint}
+    # the drift budget's reference: the best F1 ever promoted, re-scored today where the model is still stored
+    versions = store.list_versions(model_store_url)
+    recorded = best_promoted(versions, store.promotion_history(model_store_url))
+    best = {"recorded": recorded, "checkpoint": None, "eval_url": None} if recorded else None
+    if recorded and recorded.version != (champion or {}).get("version") and \
+            recorded.version in {r["version"] for r in versions}:
+        best["checkpoint"], best["eval_url"] = _local_eval(
+            f"{model_store_url.rstrip('/')}/{recorded.version}", encoder, eval_ds,
+            eval_inputs or dev_inputs, data_url, relations, format, "eval-best")
     # the evaluate task already scored the challenger on the dev set at every K of the config
     reuse = None if eval_inputs or iterations != sorted(cfg.eval_iterations) or compare_k != max(cfg.eval_iterations) \
-        or cfg.limit_dev else {"by_k": percent_by_k(report["metrics"]), "per_relation": report["per_relation"]}
+        or cfg.limit_dev else {"by_k": percent_by_k(report["metrics"]), "per_relation": report["per_relation"],
+                               "per_doc": report["per_doc"][f"K{compare_k}"]}
     cmp = compare_with_champion(best_dir, eval_ds["url"], champion_local, champion_eval_url, iterations, compare_k,
-                                tolerance, floor, device, redact_url(eval_inputs or dev_inputs), reuse)
+                                policy, device, redact_url(eval_inputs or dev_inputs), reuse, best)
     decision = cmp["decision"]
     comparison_md = Path(run_dir) / "report" / "champion_challenger.md"
     comparison_md.write_text(cmp["markdown"])

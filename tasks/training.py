@@ -13,7 +13,8 @@ from prefect.events import emit_event
 
 from docre import extract as lib
 from docre.registry import store
-from docre.registry.promotion import PromotionDecision, comparison_markdown, decide_promotion, percent_by_k
+from docre.registry.promotion import (DriftReference, PromotionDecision, PromotionPolicy, ScoredModel,
+                                     comparison_markdown, judge, percent_by_k, resolve_drift_reference)
 from docre.training.train import StageResult, TrainConfig, load_split, resolve_device, train
 from docre.training.train import evaluate as evaluate_model
 
@@ -96,13 +97,18 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(cfg: TrainConfig, best_dir: str, histories: list[list[dict]], report_dir: str) -> dict:
-    """Dev scores at every K in cfg.eval_iterations, as a table artifact and a markdown report with plots."""
+    """Dev scores at every K in cfg.eval_iterations, as a table artifact and a markdown report with plots.
+
+    Also returns `per_doc` (K -> doc id -> (correct, submitted, gold)), so the
+    champion/challenger bootstrap can reuse this scoring of the challenger.
+    """
     from docre.model.docre_ii import DocREModel
     from docre.training.report import build_report, per_relation_rows
 
     model = DocREModel.from_pretrained(best_dir, resolve_device(cfg.device))
     examples, docs = load_split(cfg.dev_data, cfg.limit_dev)
-    metrics = evaluate_model(model, examples, docs, cfg.eval_iterations)
+    metrics = evaluate_model(model, examples, docs, cfg.eval_iterations, per_doc=True)
+    per_doc = metrics.pop("per_doc")
     final_k = max(cfg.eval_iterations)
     per_relation, relation_table = per_relation_rows(model, examples, docs, final_k)
     report = build_report(metrics, per_relation, relation_table, histories, report_dir)
@@ -111,44 +117,70 @@ def evaluate(cfg: TrainConfig, best_dir: str, histories: list[list[dict]], repor
     create_markdown_artifact(report.markdown, key="docre-eval-report",
                              description=f"Evaluation report; plots saved in {report_dir}")
     get_run_logger().info("dev F1 by K: %s", {r["K"]: r["f1"] for r in report.rows})
-    return {"metrics": metrics, "rows": report.rows, "per_relation": report.per_relation, "files": report.files}
+    return {"metrics": metrics, "rows": report.rows, "per_relation": report.per_relation, "files": report.files,
+            "per_doc": per_doc}
 
 
-def _score(checkpoint_dir: str, data_url: str, iterations: list[int], compare_k: int, device: str) -> dict:
+def _score(checkpoint_dir: str, data_url: str, iterations: list[int], compare_k: int, device: str,
+           relations: bool = True) -> dict:
+    """{"by_k", "per_relation", "per_doc"} of one model on one tokenized set; per_doc at compare_k only."""
     from docre.model.docre_ii import DocREModel
     from docre.training.report import per_relation_rows
     model = DocREModel.from_pretrained(checkpoint_dir, resolve_device(device))
     examples, docs = load_split(data_url)
-    metrics = evaluate_model(model, examples, docs, iterations)
-    relations, _ = per_relation_rows(model, examples, docs, compare_k)
-    return {"by_k": percent_by_k(metrics), "per_relation": relations}
+    metrics = evaluate_model(model, examples, docs, iterations, per_doc=True)
+    per_doc = metrics.pop("per_doc")[f"K{compare_k}"]
+    rows = per_relation_rows(model, examples, docs, compare_k)[0] if relations else []
+    return {"by_k": percent_by_k(metrics), "per_relation": rows, "per_doc": per_doc}
 
 
 @task(name="champion-challenger", cache_policy=NO_CACHE)
 def compare_with_champion(challenger_dir: str, challenger_eval_url: str, champion: dict | None,
-                          champion_eval_url: str | None, iterations: list[int], compare_k: int, tolerance: float,
-                          floor: float, device: str, eval_name: str, challenger_scores: dict | None = None) -> dict:
+                          champion_eval_url: str | None, iterations: list[int], compare_k: int,
+                          policy: PromotionPolicy, device: str, eval_name: str, challenger_scores: dict | None = None,
+                          best: dict | None = None) -> dict:
     """Score the challenger and the current champion on the same evaluation set at the same K, and decide.
 
     `champion` is {"version", "checkpoint"} (a local directory) or None for an
     empty store. The eval set is tokenized once per tokenizer (each model reads
-    it with its own). `challenger_scores` ({"by_k", "per_relation"}) skips
-    re-scoring the challenger when the evaluate task already scored it on the
-    same set at the same K. Writes the side-by-side markdown artifact
-    `docre-champion-challenger` and returns the decision with both score sets.
+    it with its own). `challenger_scores` ({"by_k", "per_relation", "per_doc"})
+    skips re-scoring the challenger when the evaluate task already scored it on
+    the same set at the same K. `best` is the drift budget's reference:
+    {"recorded": DriftReference as recorded (docre.registry.promotion.best_promoted),
+    "checkpoint", "eval_url"}; with a checkpoint (the model is still in the
+    store and is not the champion) it is re-scored here on today's set, else
+    its recorded F1 is used. Writes the markdown artifact
+    `docre-champion-challenger` (scores side by side, the interval, the drift
+    check, the rule) and returns the decision with the score sets.
     """
+    logger = get_run_logger()
     challenger = challenger_scores or _score(challenger_dir, challenger_eval_url, iterations, compare_k, device)
     champ = _score(champion["checkpoint"], champion_eval_url, iterations, compare_k, device) if champion else None
     key = f"K{compare_k}"
-    decision = decide_promotion(challenger["by_k"][key]["f1"], champ["by_k"][key]["f1"] if champ else None,
-                                tolerance, floor, compare_k)
+    champ_today = (DriftReference(champion["version"], champ["by_k"][key]["f1"], "scored today", compare_k,
+                                  "the champion") if champ else None)
+    recorded: DriftReference | None = (best or {}).get("recorded")
+
+    def rescore(version: str) -> float | None:
+        if not (best or {}).get("checkpoint") or version != recorded.version:
+            return None  # no longer in the store: its recorded F1 stands
+        f1 = _score(best["checkpoint"], best["eval_url"], [compare_k], compare_k, device,
+                    relations=False)["by_k"][key]["f1"]
+        logger.info("best promoted model %s re-scored on today's evaluation set: F1 %.2f (recorded %.2f)",
+                    version, f1, recorded.f1)
+        return f1
+
+    reference = resolve_drift_reference(recorded, champ_today, rescore, compare_k)
+    decision = judge(ScoredModel("challenger", challenger["by_k"][key]["f1"], challenger.get("per_doc")),
+                     ScoredModel(champion["version"], champ["by_k"][key]["f1"], champ["per_doc"]) if champ else None,
+                     reference, policy, compare_k)
     markdown = comparison_markdown(decision, challenger["by_k"], champ["by_k"] if champ else None,
                                    challenger["per_relation"], champ["per_relation"] if champ else None,
                                    "this run", champion["version"] if champion else None, eval_name)
     create_markdown_artifact(markdown, key="docre-champion-challenger",
                              description="challenger vs champion: " + ("promoted" if decision.promote else
                                                                        "NOT promoted"))
-    get_run_logger().info("champion/challenger: %s", decision.reason)
+    logger.info("champion/challenger: %s", decision.reason)
     return {"decision": decision.to_dict(), "challenger": challenger, "champion": champ, "markdown": markdown}
 
 
@@ -177,7 +209,8 @@ def emit_model_event(decision: PromotionDecision | dict, store_url: str, version
     """`docre.model.promoted` or `docre.model.rejected`, for automations (notify people, trigger extraction).
 
     The resource is the model version in its store (URL redacted); the payload
-    carries both F1 values and the reason, so a notification can say why.
+    carries both F1 values, the interval, the drift check and the reason, so a
+    notification can say why.
     """
     d = decision if isinstance(decision, dict) else decision.to_dict()
     where = lib.redact_url(store_url)
@@ -190,4 +223,5 @@ def emit_model_event(decision: PromotionDecision | dict, store_url: str, version
                payload={"version": version, "store": where, "champion": champion_version,
                         "challenger_f1": d["challenger_f1"], "champion_f1": d["champion_f1"],
                         "compare_k": d["compare_k"], "tolerance": d["tolerance"], "floor": d["floor"],
-                        "reason": d["reason"]})
+                        "drift_budget": d.get("drift_budget"), "interval": d.get("interval"),
+                        "drift": d.get("drift"), "reason": d["reason"]})

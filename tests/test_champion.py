@@ -127,6 +127,9 @@ def test_broken_challenger_is_rejected_better_one_promoted_rollback_restores(pre
     assert lineage["config"]["limit_train"] == 1 and lineage["code"].get("git_commit")
     assert lineage["train_data"]["cache_key"] and lineage["metrics"]["K2"]["f1"] >= 1.0
     assert lineage["wall_time_s"]["training"] > 0 and lineage["hardware"]["cpu_count"] >= 1
+    first_decision = lineage["decision"]  # no champion, nothing promoted before: no interval, no drift reference
+    assert first_decision["interval"] is None and first_decision["drift"]["reference_version"] is None
+    assert first_decision["rule"].startswith("Promote only if") and first_decision["drift_budget"] == 1.0
 
     # 2. a broken challenger (learning rate 0): stored, not promoted, reported, announced
     broken = train(model_store, work, config(tiny_encoder, 1, 0.0), force=True)
@@ -137,13 +140,22 @@ def test_broken_challenger_is_rejected_better_one_promoted_rollback_restores(pre
     meta = store.read_version_meta(model_store, rejected["version"])["lineage"]
     assert meta["compared_with"] == champion["version"] and meta["decision"]["promote"] is False
     assert meta["decision"]["challenger_f1"] < meta["decision"]["champion_f1"] - 0.5
+    interval = meta["decision"]["interval"]  # paired bootstrap over the 3 evaluation documents
+    assert interval["documents"] == 3 and interval["resamples"] == 1000 and interval["seed"] == 0
+    assert interval["low"] <= interval["observed"] <= interval["high"] <= 0  # F1 0 on every resample
+    drift = meta["decision"]["drift"]  # the best promoted model is the champion, scored in this run
+    assert (drift["reference_version"], drift["source"]) == (champion["version"], "scored today")
+    assert drift["reference_f1"] == meta["decision"]["champion_f1"] and drift["passed"] is False
     arts = artifacts(broken.state_details.flow_run_id)
     report = arts["docre-champion-challenger"].data
     assert "NOT PROMOTED" in report and champion["version"] in report and "| CID" in report
+    assert "- rule: Promote only if" in report and "| interval | challenger - champion:" in report
+    assert f"| drift | challenger F1 {meta['decision']['challenger_f1']:.2f}; best promoted F1" in report
     assert "docre-model-candidate" in arts and "docre-model-published" not in arts
     assert {"docre-train-stage-1", "docre-train-stage-2"} <= set(arts)
     event = wait_for_event("docre.model.rejected", rejected["version"])
     assert event.payload["champion"] == champion["version"] and "challenger F1" in event.payload["reason"]
+    assert event.payload["interval"]["high"] == interval["high"]
 
     # the extraction that follows uses the champion
     assert extract_version(model_store, tmp_path / "triples-after-reject", dask_address) == champion["version"]
@@ -154,6 +166,8 @@ def test_broken_challenger_is_rejected_better_one_promoted_rollback_restores(pre
     promoted = better.result()
     d = promoted["decision"]
     assert promoted["promoted"] and d["challenger_f1"] > d["champion_f1"]
+    assert d["interval"]["low"] >= -0.5
+    assert d["drift"]["passed"] and d["drift"]["reference_version"] == champion["version"]
     assert store.read_latest(model_store) == promoted["version"]
     wait_for_event("docre.model.promoted", promoted["version"])
     assert extract_version(model_store, tmp_path / "triples-after-promote", dask_address) == promoted["version"]
@@ -164,6 +178,8 @@ def test_broken_challenger_is_rejected_better_one_promoted_rollback_restores(pre
     listing = {line.lstrip("* ").split()[0]: line for line in out.splitlines() if line.lstrip("* ")[:2] == "20"}
     assert listing[promoted["version"]].startswith("*") and "latest" in listing[promoted["version"]]
     assert "rejected" in listing[rejected["version"]] and "promoted" in listing[champion["version"]]
+    shown = f"{d['interval']['observed']:+.2f} [{d['interval']['low']:+.2f}, {d['interval']['high']:+.2f}]"
+    assert shown in listing[promoted["version"]]  # each decision's interval
     assert len(listing) == 3
 
     # 4. rollback: back to the champion, and extraction follows it
@@ -184,6 +200,23 @@ def test_broken_challenger_is_rejected_better_one_promoted_rollback_restores(pre
     assert note.flow_run_id == skipped.state_details.flow_run_id and "unchanged" not in note.data
     assert note.data.startswith("Skipped: the training data") and "\n" not in note.data
     assert store.read_latest(model_store) == champion["version"] and len(store.list_versions(model_store)) == 3
+
+    # 6. drift: the better model is put back by hand and then the first champion too (no rollback: neither is
+    # withdrawn), so the best model ever promoted is not the champion. A retrain identical to the champion
+    # (same config, same data, deterministic training) ties with it, but is rejected: the best model, re-scored
+    # on today's evaluation set, is far more than the drift budget above it.
+    store.promote(model_store, promoted["version"], "back after review")
+    store.promote(model_store, champion["version"], "hand-picked")
+    again = train(model_store, work, config(tiny_encoder, 2, 2e-3, stage2_epochs=2, limit_train=1), force=True)
+    assert again.is_completed() and again.name == "NotPromoted", again.message
+    d = again.result()["decision"]
+    assert d["interval"]["low"] == d["interval"]["high"] == 0.0  # the same predictions as the champion
+    assert [c["passed"] for c in d["checks"]] == [True, True, False]
+    drift = d["drift"]
+    assert (drift["reference_version"], drift["source"]) == (promoted["version"], "re-scored today")
+    assert drift["reference_f1"] == promoted["decision"]["challenger_f1"]  # same set, same score as recorded
+    assert "drift budget 1.00 below the best promoted F1" in d["reason"]
+    assert store.read_latest(model_store) == champion["version"]
 
 
 def test_killed_run_resumes_through_the_flow_to_the_same_model(prefect_api, tiny_encoder, tmp_path, monkeypatch):
@@ -237,3 +270,11 @@ def test_missing_s3_credentials_fail_in_one_named_line(prefect_api, tmp_path, mo
     code, _, err = cli("model", "list", "s3://docre-models/cdr")
     err = err.strip()
     assert code == 2 and err.startswith("error: StoreAccessError: s3://docre-models/cdr: no S3 credentials") and "\n" not in err
+
+
+def test_bad_promotion_parameters_fail_before_training(prefect_api, tmp_path):
+    from flows.train import docre_train
+    state = docre_train(CDR, CDR, str(tmp_path / "models"), work_dir=str(tmp_path / "work"), drift_budget=-1.0,
+                        return_state=True)
+    assert state.is_failed() and state.message == "tolerance and drift_budget must be >= 0 F1 points, got 0.5 and -1.0"
+    assert not (tmp_path / "work").exists()  # nothing tokenized, nothing trained

@@ -231,3 +231,34 @@ def test_format_table():
 def test_non_integer_entity_index_rejected():
     with pytest.raises(ValueError, match="integer"):
         docred_scores([d1()], [("d1", 0.5, 1, "P17")])
+
+
+# ---------------------------------------------------------------- candidates from the inventory alone
+
+def test_off_type_gold_is_unscoreable_and_a_miss():
+    from docre.data.document import RelationInventory
+    inv = RelationInventory(["CID"], pair_types=[("Chemical", "Disease")])
+    gold = doc("c1", [ent(("aspirin", 0), type="Chemical"), ent(("ulcer", 1), type="Disease"),
+                      ent(("GENEX", 2), type="Gene")],
+               [(0, 1, "CID"), (2, 1, "CID")])  # the second fact is Gene -> Disease: off-type
+    preds = [("c1", 0, 1, "CID")]
+    s = docred_scores([gold], preds, inventory=inv)
+    # 1 correct of 2 gold: the off-type fact stays in the denominator, as the official scorer keeps it
+    assert s.counts["unscoreable_gold"] == 1 and s.counts["gold"] == 2
+    assert s.recall == approx(0.5) and s.precision == approx(1.0)
+    assert "unscoreable_gold" not in docred_scores([gold], preds).counts  # without an inventory: not claimed
+
+
+def test_candidate_mask_does_not_depend_on_gold():
+    import torch
+    from docre.data.batch import Example, collate
+    from docre.data.document import RelationInventory
+    inv = RelationInventory(["CID"], pair_types=[("Chemical", "Disease")])
+    def example(labels):
+        return Example("x", [1, 2, 3, 4], [[1], [2], [3]], ["Chemical", "Disease", "Gene"], labels, True)
+
+    labelled = collate([example([(0, 1, 1), (2, 1, 1)])], inv)
+    unlabelled = collate([example([])], inv)
+    assert torch.equal(labelled.candidate_mask, unlabelled.candidate_mask)
+    assert labelled.candidate_mask[0].nonzero().tolist() == [[0, 1]]  # Chemical -> Disease only
+    assert labelled.labels[0, 2, 1, 1] == 1.0  # the off-type label is kept for what it is, never scored

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from docre.registry import store
-from docre.registry.promotion import comparison_markdown, decide_promotion
+from docre.registry.promotion import DriftReference, comparison_markdown, decide_promotion
 from docre.cli import main as docre_cli
 
 
@@ -41,9 +41,15 @@ def test_decision_rule():
     assert decide_promotion(10.0, None).promote  # empty store: only the floor
     assert not decide_promotion(0.5, None).promote  # below the floor of 1.0
     assert decide_promotion(59.6, 60.0, tolerance=0.5).promote  # within the tolerance
-    d = decide_promotion(59.4, 60.0, tolerance=0.5, compare_k=3)
-    assert not d.promote and "59.40 < champion F1 60.00" in d.reason and "K=3" in d.reason
+    d = decide_promotion(59.4, 60.0, tolerance=0.5, compare_k=3)  # no per-document counts: the point difference
+    assert not d.promote and "challenger F1 59.40 vs champion F1 60.00 at K=3" in d.reason
+    assert "lower bound -0.60 is below -tolerance -0.50" in d.reason
     assert not decide_promotion(0.9, 0.5, floor=1.0).promote  # better than a bad champion is not enough
+    # the drift budget: within 1.0 of the best ever promoted, also when the champion itself is worse
+    best = DriftReference("v1", 60.0, "recorded", 3)
+    assert decide_promotion(59.0, 59.2, reference=best).promote
+    d = decide_promotion(58.9, 59.2, reference=best)
+    assert not d.promote and "drift budget 1.00 below the best promoted F1 60.00 (v1, recorded at K=3)" in d.reason
 
 
 def test_candidate_does_not_move_latest_and_history_records_moves(model_store):
@@ -74,9 +80,12 @@ def test_list_versions_and_cli(model_store, capsys):
     rows = {r["version"]: r for r in store.list_versions(model_store)}
     assert {v: r["status"] for v, r in rows.items()} == {"v1": "promoted", "v2": "latest", "v3": "rejected"}
     assert rows["v2"]["f1"] == 60.0 and rows["v2"]["latest"] and rows["v2"]["compare_k"] == 3
+    assert rows["v3"]["interval"] is None and rows["v3"]["drift"] is None  # version.json from before intervals
     assert docre_cli(["model", "list", model_store, "-v"]) == 0
     out = capsys.readouterr().out
     assert "* v2" in out and "rejected: test" in out and "2 move(s) of latest" in out
+    v3 = next(line for line in out.splitlines() if line.lstrip().startswith("v3"))
+    assert v3.split()[-2:] == ["-", "-"]  # no interval, compared with nothing
     assert docre_cli(["model", "rollback", model_store]) == 0
     assert "latest v2 -> v1" in capsys.readouterr().out
     assert docre_cli(["model", "promote", model_store, "v2", "--reason", "fixed"]) == 0

@@ -26,19 +26,40 @@ def _list(args: argparse.Namespace) -> None:
     if not rows:
         print(f"{args.store}: no model versions")
         return
-    print(f"{'':2}{'version':<28} {'published':<21} {'status':<9} {'K':>2} {'F1':>7}  compared with")
+    print(f"{'':2}{'version':<28} {'published':<21} {'status':<9} {'K':>2} {'F1':>7}  "
+          f"{'vs champion [95% interval]':<26} compared with")
     for r in rows:
         f1 = f"{r['f1']:7.2f}" if isinstance(r["f1"], (int, float)) else f"{'-':>7}"
         k = "-" if r["compare_k"] is None else str(r["compare_k"])
         print(f"{'*' if r['latest'] else ' ':2}{r['version']:<28} {r['published'] or '-':<21} {r['status']:<9} "
-              f"{k:>2} {f1}  {r['compared_with'] or '-'}")
+              f"{k:>2} {f1}  {_interval(r.get('interval')):<26} {r['compared_with'] or '-'}")
         if r["status"] == "rejected" and r["reason"] and args.verbose:
             print(f"{'':4}rejected: {r['reason']}")
-    print(f"* = latest; {len(history)} move(s) of latest in promotions.json")
+        drift = r.get("drift") or {}
+        if args.verbose and drift.get("reference_version"):
+            print(f"{'':4}drift: best promoted F1 {drift['reference_f1']:.2f} ({drift['reference_version']}, "
+                  f"{drift.get('source')}), budget {_number(drift.get('budget'))}: "
+                  f"{'pass' if drift.get('passed') else 'FAIL'}")
+    print(f"* = latest; {len(history)} move(s) of latest in promotions.json; interval: the decision's paired-bootstrap "
+          f"interval of challenger - champion F1 (- = no champion, or recorded before intervals)")
     if args.verbose:
         for e in history[-10:]:
             print(f"  {e['time']} {e['action']:<8} {e.get('previous') or '-'} -> {e['version']} by {e.get('by')}: "
                   f"{e.get('reason') or ''}")
+
+
+def _interval(interval: dict | None) -> str:
+    """"+0.12 [-0.40, +0.66]": the observed difference and its interval; "-" when the decision had none."""
+    try:
+        if not interval.get("resamples"):
+            return "-"
+        return f"{interval['observed']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]"
+    except (AttributeError, KeyError, TypeError):  # None, or a hand-edited version.json
+        return "-"
+
+
+def _number(x) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) else "-"
 
 
 def _promote(args: argparse.Namespace) -> None:

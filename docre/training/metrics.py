@@ -33,10 +33,10 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Mapping, NamedTuple, Sequence, Union
 
-from ..data.document import Document
+from ..data.document import Document, RelationInventory
 
 __all__ = [
-    "Prediction", "PRF", "DocREDScores", "as_prediction", "docred_scores", "cdr_scores",
+    "Prediction", "PRF", "DocREDScores", "as_prediction", "docred_scores", "docred_doc_counts", "cdr_scores",
     "inference_pairs", "write_docred_result", "read_docred_result", "format_table",
 ]
 
@@ -191,7 +191,8 @@ def _train_name_facts(train: Sequence[Document]) -> set[tuple[str, str, str]]:
 
 
 def docred_scores(gold: Sequence[Document], predictions: Iterable[Any],
-                  train: Sequence[Document] | None = None) -> DocREDScores:
+                  train: Sequence[Document] | None = None,
+                  inventory: RelationInventory | None = None) -> DocREDScores:
     """Score predictions the way the official DocRED script does, plus common breakdowns.
 
     * precision = correct / submitted, recall = correct / gold facts.
@@ -258,6 +259,12 @@ def docred_scores(gold: Sequence[Document], predictions: Iterable[Any],
 
     counts = {"pred": len(preds), "gold": len(gold_facts), "correct": len(correct),
               "correct_in_train": in_train}
+    if inventory is not None:
+        # gold facts on pairs the inventory's type filter never proposes: no model can predict them, so they
+        # stay in the recall denominator as misses (the official scorer's rule) and are counted apart
+        counts["unscoreable_gold"] = sum(
+            1 for f in gold_facts
+            if not inventory.is_candidate(docs[f.doc_id].entities[f.head].type, docs[f.doc_id].entities[f.tail].type))
     for name, prf in (("intra", intra), ("inter", inter), ("infer", inf)):
         counts.update({f"{name}_pred": prf.n_pred, f"{name}_gold": prf.n_gold, f"{name}_correct": prf.tp})
 
@@ -269,6 +276,30 @@ def docred_scores(gold: Sequence[Document], predictions: Iterable[Any],
         infer_precision=inf.precision, infer_recall=inf.recall, infer_f1=inf.f1,
         per_relation=per_relation, counts=counts,
     )
+
+
+def docred_doc_counts(gold: Sequence[Document], predictions: Iterable[Any]) -> dict[str, tuple[int, int, int]]:
+    """Per gold document id: (correct, submitted, gold facts), the counts behind `docred_scores`' P/R/F1.
+
+    DocRED's F1 is micro over facts, F1 = 2 * correct / (submitted + gold), so
+    these three numbers per document are all that a resampling of documents
+    needs: a bootstrap sums them per resample instead of re-scoring. The same
+    conventions as `docred_scores` apply (duplicates once, "Na" submitted but
+    never correct, unknown document ids are an error), so the sums over all
+    documents equal its ``counts`` pred / gold / correct.
+    """
+    docs = _gold_index(gold)
+    preds = _collect(predictions, docs)
+    gold_facts = _gold_facts(docs)
+    counts = {doc_id: [0, 0, 0] for doc_id in docs}
+    for f in gold_facts:
+        counts[f.doc_id][2] += 1
+    for p in preds:
+        c = counts[p.doc_id]
+        c[1] += 1
+        if p in gold_facts:
+            c[0] += 1
+    return {doc_id: (c[0], c[1], c[2]) for doc_id, c in counts.items()}
 
 
 def cdr_scores(gold: Sequence[Document], predictions: Iterable[Any], relation: str = "CID") -> PRF:

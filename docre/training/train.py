@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.batch import Example, bucketed_batches, collate
 from ..data.document import Document
 from ..data.tokenize import read_parquet_rows
-from .metrics import docred_scores
+from .metrics import docred_doc_counts, docred_scores
 from ..model.docre_ii import DocREModel, ModelConfig, precision_autocast
 
 
@@ -80,8 +80,14 @@ def load_split(url: str, limit: int | None = None) -> tuple[list[Example], list[
 
 
 def evaluate(model: DocREModel, examples: list[Example], docs: list[Document], iterations: list[int],
-             train_docs: list[Document] | None = None, progress: bool = False) -> dict:
-    """Scores at each K in `iterations` (K = 0 is the base module), from one forward pass per batch."""
+             train_docs: list[Document] | None = None, progress: bool = False, per_doc: bool = False) -> dict:
+    """Scores at each K in `iterations` (K = 0 is the base module), from one forward pass per batch.
+
+    With `per_doc`, also ``out["per_doc"]["K<k>"]``: doc id -> (correct, submitted, gold facts)
+    (docred_doc_counts) from the same predictions, so a paired bootstrap over documents
+    (docre.registry.promotion) can compare two models without predicting again. The other
+    keys are the same either way.
+    """
     t0 = time.time()
     decisions = model.predict_examples(examples, max(iterations), progress=progress)
     seconds = time.time() - t0
@@ -92,6 +98,8 @@ def evaluate(model: DocREModel, examples: list[Example], docs: list[Document], i
         s = docred_scores(docs, preds, train_docs)
         out[f"K{k}"] = {"f1": s.f1, "precision": s.precision, "recall": s.recall, "ign_f1": s.ign_f1,
                         "intra_f1": s.intra_f1, "inter_f1": s.inter_f1, "infer_f1": s.infer_f1}
+        if per_doc:
+            out.setdefault("per_doc", {})[f"K{k}"] = docred_doc_counts(docs, preds)
     return out
 
 
