@@ -13,9 +13,11 @@ Parts committed under `out_url` are skipped, so rerunning after any failure only
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
@@ -23,7 +25,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect_dask import DaskTaskRunner
 
 from docre.registry import store
-from docre.extract import Part, PrepareConfig, pending_parts, plan_parts, write_plan
+from docre.extract import (GraphShrinkError, NoScoreableEntities, Part, PlanConflict, PrepareConfig, entity_coverage,
+                           extend_plan, new_inputs, pending_parts, plan_parts)
 from docre.registry.storage import join, redact_url
 from tasks.extract import aggregate, extract_part, list_inputs, prepare_input, publish_report, resolve_model, summarize
 
@@ -140,33 +143,39 @@ def _in_window(task, items: list, max_in_flight: int, on_done, **kwargs) -> tupl
 def extract_on_cluster(urls: list[str], out_url: str, work_url: str, checkpoint_url: str, version: str,
                        code_version: str, cfg: PrepareConfig, iterations: int | None, batch_size: int, device: str,
                        model_cache_dir: str | None, threads: int, max_in_flight: int,
-                       extra_formats: list[str] = ()) -> dict:
-    """Prepare every input, then extract every pending part, on this flow's Dask task runner."""
+                       extra_formats: list[str] = (), progress_id: UUID | None = None) -> dict:
+    """Prepare this run's new inputs, add them to the output's ordered set, then extract every pending part
+    of the whole set, on this flow's Dask task runner."""
     logger = get_run_logger()
     common = dict(device=device, model_cache_dir=model_cache_dir, threads=threads)
-    manifests, failed_inputs = _in_window(
+    prepared, failed_inputs = _in_window(
         prepare_input, urls, max_in_flight, lambda n: None, work_url=work_url, checkpoint_url=checkpoint_url,
         version=version, cfg=cfg, **common)
-    by_url = {m["input_url"]: m for m in manifests}
-    manifests = [by_url[u] for u in urls if u in by_url]  # plan order = input order = rank
+    by_url = {m["input_url"]: m for m in prepared}
+    # inputs join the output in order: one that failed to prepare holds back the ones after it until a rerun
+    in_order = list(itertools.takewhile(lambda u: u in by_url, urls))
+    held_back = len(by_url) - len(in_order)
+    coverage = entity_coverage([by_url[u] for u in in_order])  # raises when the model can score nothing
     t0 = time.time()
+    manifests = extend_plan(out_url, [by_url[u] for u in in_order], cfg)
     parts = plan_parts(manifests)
-    write_plan(out_url, manifests)
     pending, done = pending_parts(parts, out_url, version)
-    logger.info("planned %d parts in %.3f s: %d already committed, %d to run", len(parts), time.time() - t0,
-                len(done), len(pending))
-    progress = create_progress_artifact(100.0 * len(done) / max(len(parts), 1), key="docre-extract-progress",
-                                        description=f"parts committed of {len(parts)}")
+    logger.info("planned %d parts of %d inputs in %.3f s: %d already committed, %d to run%s", len(parts),
+                len(manifests), time.time() - t0, len(done), len(pending),
+                f"; {held_back} prepared input(s) wait for an earlier one that failed" if held_back else "")
 
     def on_done(n: int) -> None:
-        update_progress_artifact(progress, 100.0 * (len(done) + n) / max(len(parts), 1))
+        if progress_id is not None:
+            update_progress_artifact(progress_id, 100.0 * (len(done) + n) / max(len(parts), 1))
 
+    on_done(0)
     results, failed = _in_window(extract_part, pending, max_in_flight, on_done, out_url=out_url,
                                  checkpoint_url=checkpoint_url, model_version=version, code_version=code_version,
                                  iterations=iterations, batch_size=batch_size, extra_formats=list(extra_formats),
                                  **common)
     return {"manifests": manifests, "parts": parts, "run": len(results), "skipped": len(done),
-            "failed_parts": [p.part_id for p in failed], "failed_inputs": failed_inputs}
+            "failed_parts": [p.part_id for p in failed], "failed_inputs": failed_inputs,
+            "held_back_inputs": held_back, "entity_coverage": coverage}
 
 
 @flow(name="docre-extract", log_prints=True)
@@ -176,15 +185,21 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
                   concepts: str | None = None, iterations: int | None = None, batch_size: int = 8,
                   device: Device = "auto", model_cache_dir: str | None = None, max_in_flight: int = 200,
                   dashboard_address: str | None = None,
-                  extra_formats: list[Literal["jsonl", "bioc_xml", "bioc_json"]] | None = None) -> dict:
-    """Extract triples from `inputs` into `out_url`, with a knowledge graph of the whole run.
+                  extra_formats: list[Literal["jsonl", "bioc_xml", "bioc_json"]] | None = None,
+                  max_graph_loss: float = 0.2) -> dict:
+    """Add `inputs` to the output at `out_url` and extract them; the knowledge graph covers every input the
+    output holds (a baseline run, then one update file a day).
 
     Args:
         inputs: input URLs: files, directories or globs, comma-separated (PubTator3 `BioCXML.N.tar.gz`, PubMed
-            `pubmedNNnXXXX.xml.gz`, BioC JSON, PubTator, DocRED JSON/JSONL; gzip and s3:// fine). Later inputs
-            supersede earlier ones for the same document id (PubMed update files sort after the baseline).
-        out_url: where triples, quarantine, manifest.json and aggregate/graph.parquet go; `{model_version}` is
-            replaced by the model's version, so each model gets its own output and a rerun resumes.
+            `pubmedNNnXXXX.xml.gz`, BioC JSON, PubTator, DocRED JSON/JSONL; gzip and s3:// fine). Inputs the
+            output already holds are skipped; new ones are appended in order, and later inputs supersede
+            earlier ones for the same document id (PubMed update files are numbered after the baseline: a file
+            numbered before one the output holds is refused).
+        out_url: where triples, quarantine, manifest.json and aggregate/ (graph.parquet, documents.parquet: which
+            triples are live) go; `{model_version}` is replaced by the model's version, so each model gets its
+            own output and a rerun resumes. An output keeps the part size and reading options it was made
+            with: a run with others is refused.
         model_url: a model store (its `latest` is followed once, at the start) or a checkpoint directory.
         part_docs: documents per prepared part = per extraction task run (36M abstracts / 10,000 = 3,600 runs).
         work_url: where prepared parts go (default `<out_url>/_prepared`); share it between runs and models
@@ -204,6 +219,8 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
             the scheduler); the logs link it only when it is really served.
         extra_formats: also write each part's triples as JSONL or BioC (documents with predicted relations,
             for PubTator tools), next to the Parquet files.
+        max_graph_loss: the run fails, leaving the graph as it was, when the new graph would have lost more than
+            this share of the current graph's facts (a wrong or partial input set); 1.0 allows any loss.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -215,33 +232,56 @@ def docre_extract(inputs: str, out_url: str, model_url: str, part_docs: int = 10
     except store.StoreAccessError as e:
         get_run_logger().error("%s", e)
         return Failed(message=str(e))
+    logger = get_run_logger()
     checkpoint_url, version = resolve_model(model_url)
     out_url = out_url.replace("{model_version}", version)  # e.g. s3://bucket/triples/{model_version}
     work_url = work_url or join(out_url, "_prepared")
     urls = list_inputs(inputs, format)
     cfg = PrepareConfig(part_docs=part_docs, format=format, passages=passages, concepts=concepts)
+    try:  # before any work: an input out of order, or other settings than the output's
+        fresh = new_inputs(out_url, urls, cfg)
+    except PlanConflict as e:
+        logger.error("%s", e)
+        return Failed(message=str(e))
+    if len(fresh) < len(urls):
+        logger.info("%d of %d input(s) already in %s: skipped", len(urls) - len(fresh), len(urls),
+                    redact_url(out_url))
     code = store.code_version()
     code_version = f"docre {code.get('package')}" + (f" git {code['git_commit'][:12]}" if code.get("git_commit") else "") \
         + ("-dirty" if code.get("git_dirty") else "")
     api_url = flow_api_url()
     runner = cluster_runner(scheduler_address, n_workers, threads_per_worker, api_url, dashboard_address)
-    with temporary_settings({PREFECT_API_URL: api_url}):  # travels with every task to the workers
-        run = extract_on_cluster.with_options(task_runner=runner)(
-            urls, out_url, work_url, checkpoint_url, version, code_version, cfg, iterations, batch_size, device,
-            model_cache_dir, threads_per_worker, max_in_flight, extra_formats or [])
+    progress = create_progress_artifact(0.0, key="docre-extract-progress",  # on the run the user started
+                                        description="parts of the output committed")
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):  # travels with every task to the workers
+            run = extract_on_cluster.with_options(task_runner=runner)(
+                fresh, out_url, work_url, checkpoint_url, version, code_version, cfg, iterations, batch_size,
+                device, model_cache_dir, threads_per_worker, max_in_flight, extra_formats or [], progress)
+    except NoScoreableEntities as e:
+        logger.error("%s", e)
+        return Failed(message=str(e))
+    coverage = run["entity_coverage"]
+    if coverage["warning"]:
+        logger.warning("%s", coverage["warning"])
     parts: list[Part] = run["parts"]
     summary = summarize(parts, out_url, version, extra={
         "parts_run": run["run"], "parts_skipped": run["skipped"], "parts_failed": run["failed_parts"],
-        "inputs_failed": run["failed_inputs"], "code_version": code_version})
+        "inputs_failed": run["failed_inputs"], "inputs_held_back": run["held_back_inputs"],
+        "inputs_new": len(fresh), "code_version": code_version, "entity_coverage": coverage})
     graph = {}
     if summary["complete"] and not run["failed_inputs"]:
         deletions = {rank: m["deleted"] for rank, m in enumerate(run["manifests"]) if m["deleted"]}
-        graph = aggregate(out_url, parts, deletions)
+        try:
+            graph = aggregate(out_url, parts, deletions, max_graph_loss)
+        except GraphShrinkError as e:
+            logger.error("%s", e)
+            return Failed(message=str(e))
     wall = time.time() - t_start
-    publish_report(summary, graph, urls, wall)
-    print(f"{redact_url(out_url)}: {summary['docs_in']:,} documents in = {summary['docs_out']:,} out + "
-          f"{summary['quarantined']:,} quarantined; {summary['triples']:,} triples; "
-          f"{graph.get('facts', 0):,} graph facts; {wall:.1f} s")
+    publish_report(summary, graph, fresh, wall)
+    print(f"{redact_url(out_url)}: {summary['inputs']} input(s), {len(fresh)} new; {summary['docs_in']:,} documents "
+          f"in = {summary['docs_out']:,} out + {summary['quarantined']:,} quarantined; {summary['triples']:,} "
+          f"triples; {graph.get('facts', 0):,} graph facts; {wall:.1f} s")
     if run["failed_inputs"] or not summary["complete"]:
         raise RuntimeError(f"extraction incomplete: {len(run['failed_inputs'])} input(s) not prepared, "
                            f"{len(summary['parts_missing'])} part(s) not committed, "

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                           model_store_url=f"{out}/models", work_dir=str(ROOT / "runs" / "demo"),
                           data_url=f"{out}/data", config=config, relations=str(EXAMPLES / "rel_info.json"),
                           force=args.force)
-    extracted = docre_extract(inputs=str(EXAMPLES / "extract.jsonl"), out_url=f"{out}/triples/{{model_version}}",
+    # its own output: the deployment's (outputs/triples/<version>) is prepared in parts of 10,000 documents,
+    # and an output keeps one part size
+    extracted = docre_extract(inputs=str(EXAMPLES / "extract.jsonl"), out_url=f"{out}/triples/demo/{{model_version}}",
                               model_url=f"{out}/models", part_docs=15, n_workers=args.workers)
     print(summary_table(trained, extracted, out))
     return 0

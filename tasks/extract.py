@@ -106,13 +106,27 @@ def summarize(parts: list[Part], out_url: str, model_version: str, extra: dict |
     return lib.summarize(parts, out_url, model_version, verify=True, extra=extra)
 
 
-@task(name="aggregate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def aggregate(out_url: str, parts: list[Part], deletions: dict[int, list[str]]) -> dict:
-    """The knowledge graph (latest version of each document, deletions applied), and a top-relations table."""
-    summary = lib.aggregate(out_url, parts, deletions)
-    create_table_artifact([{"relation": r["relation"], "documents": r["documents"], "facts": r["facts"]}
-                           for r in summary["relations"][:20]],
-                          key="docre-extract-top-relations", description="relations by number of documents")
+def _retry_unless_refused(task, task_run, state) -> bool:
+    """Retry what may pass next time (storage hiccups), not a graph the guard refused."""
+    try:
+        state.result()
+    except lib.GraphShrinkError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else is worth another try
+        return True
+    return False
+
+
+@task(name="aggregate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_retry_unless_refused)
+def aggregate(out_url: str, parts: list[Part], deletions: dict[int, list[str]], max_graph_loss: float = 0.2) -> dict:
+    """The knowledge graph of every input of the output (latest version of each document, deletions applied),
+    which triples are live, and a top-relations table."""
+    summary = lib.aggregate(out_url, parts, deletions, max_graph_loss=max_graph_loss)
+    create_table_artifact([{"relation": r["relation"], "facts": r["facts"], "documents": r["documents"],
+                            "document-fact pairs": r["document_facts"]} for r in summary["relations"][:20]],
+                          key="docre-extract-top-relations",
+                          description="relations by facts, distinct documents, and document-fact pairs")
     return summary
 
 
@@ -120,7 +134,8 @@ def report(summary: dict, graph: dict, inputs: list[str], wall_seconds: float) -
     """The run's markdown summary artifact: what went in, what came out, how fast."""
     lines = [f"# Extraction {'complete' if summary['complete'] else 'INCOMPLETE'}", "",
              f"- output: `{redact_url(summary['out_url'])}` (model `{summary['model_version']}`)",
-             f"- inputs: {len(inputs)} file(s): " + ", ".join(f"`{redact_url(u)}`" for u in inputs[:10])
+             f"- inputs: {summary['inputs']} file(s) in the output, {summary.get('inputs_new', len(inputs))} new "
+             f"in this run: " + ", ".join(f"`{redact_url(u)}`" for u in inputs[:10])
              + (" ..." if len(inputs) > 10 else ""),
              f"- parts: {summary['parts_committed']}/{summary['parts']} committed "
              f"({summary.get('parts_run', 0)} run now, {summary.get('parts_skipped', 0)} already done)",
@@ -130,6 +145,8 @@ def report(summary: dict, graph: dict, inputs: list[str], wall_seconds: float) -
              f"{graph.get('documents_with_facts', 0):,} documents "
              f"({graph.get('triples_dropped_superseded_or_deleted', 0):,} triples of revised or deleted citations "
              f"dropped)",
+             *([f"- **entities**: {summary['entity_coverage']['warning']}"]
+               if summary.get("entity_coverage", {}).get("warning") else []),
              f"- wall time: {wall_seconds:.1f} s"
              + (f" ({summary['docs_out'] / wall_seconds:.1f} docs/s overall)" if wall_seconds > 0 else ""), "",
              "| worker | parts | documents | docs/s | peak RSS MB |", "|---|---:|---:|---:|---:|"]

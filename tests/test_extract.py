@@ -298,18 +298,21 @@ def test_triples_carry_provenance_and_evidence(tmp_path, corpus, stub):
     assert (r["head_id"], r["tail_id"], r["head_type"], r["tail_type"]) == ("MESH:D006220", "MESH:D004409",
                                                                              "Chemical", "Disease")
     assert (r["head_name"], r["tail_name"]) == ("Haloperidol", "dyskinesia")  # most frequent mention (ties: first)
-    assert (r["evidence_sentence"], r["evidence_text"]) == (0, "Haloperidol and dyskinesia.")
+    assert (r["evidence_sentence"], r["evidence_tail_sentence"], r["evidence_text"]) == (
+        0, 0, "Haloperidol and dyskinesia.")
     assert (r["relation"], r["score"], r["iteration"]) == ("CID", pytest.approx(0.9), 1)
     assert (r["source"], r["part_id"], r["model_version"], r["code_version"]) == (
         corpus["archive"], part.part_id, "v7", "docre 0.1.0 git abc")
 
 
-def test_evidence_falls_back_to_the_closest_sentences():
+def test_evidence_falls_back_to_the_head_and_tail_sentences():
+    """No shared sentence: the closest pair of sentences, each one's own text, never the span between them."""
     from docre.data.document import Document, Entity, Mention
-    doc = Document("d", [["A", "x", "."], ["y", "."], ["B", "."]],
-                   [Entity([Mention(0, 0, 1, "A")], "Chemical", "D1"), Entity([Mention(2, 0, 1, "B")], "Disease", "D2")],
-                   [])
-    assert ex.run.evidence(doc, 0, 1) == (0, "A x . y . B .")
+    doc = Document("d", [["A", "x", "."], ["y", "."], ["z", "."], ["B", "."], ["A", "."]],
+                   [Entity([Mention(0, 0, 1, "A"), Mention(4, 0, 1, "A")], "Chemical", "D1"),
+                    Entity([Mention(3, 0, 1, "B")], "Disease", "D2")], [])
+    assert ex.run.evidence(doc, 0, 1) == (4, 3, "A . … B .")  # sentence 4 is closer to 3 than sentence 0
+    assert ex.run.evidence(doc, 1, 0) == (3, 4, "B . … A .")
 
 
 # ---------------------------------------------------------------- aggregate
@@ -350,8 +353,122 @@ def test_cli_aggregate_rebuilds_the_graph(tmp_path, corpus, stub, capsys):
         ex.extract_part(stub, p, out, "v1")
     assert main(["aggregate", out]) == 0
     text = capsys.readouterr().out
-    assert "2 facts from 2 documents; 2 of 4 triples kept (1 deleted citations)" in text
+    assert "2 facts from 2 documents; 2 of 4 triples live (1 superseded and 1 deleted citations)" in text
     assert main(["aggregate", str(tmp_path / "nothing")]) == 2
+
+
+def run_output(out: str, urls: list[str], work: str, model, part_docs: int = 4, **kw) -> dict:
+    """What docre-extract does with a run's inputs, without the orchestrator: skip the ones the output holds,
+    prepare the new ones, add them to the output's ordered set, extract what is pending, aggregate it all."""
+    cfg = ex.PrepareConfig(part_docs=part_docs, concepts=kw.pop("concepts", None))
+    fresh = ex.new_inputs(out, urls, cfg)
+    manifests = ex.extend_plan(out, [ex.prepare_input(u, work, model.tokenizer, model.inventory, cfg)
+                                     for u in fresh], cfg)
+    parts = ex.plan_parts(manifests)
+    for p in ex.pending_parts(parts, out, "v1")[0]:
+        ex.extract_part(model, p, out, "v1")
+    deletions = {rank: m["deleted"] for rank, m in enumerate(manifests) if m["deleted"]}
+    return ex.aggregate(out, parts, deletions, **kw) | {"fresh": fresh}
+
+
+def sorted_rows(frame) -> list[dict]:
+    return sorted(frame.drop("examples").to_dicts() if "examples" in frame.columns else frame.to_dicts(),
+                  key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def test_baseline_then_update_in_two_runs_equals_one_run(tmp_path, corpus, stub):
+    """PubMed's daily workflow: the baseline once, then the update file into the same output."""
+    urls, work = [corpus["baseline"], corpus["update"]], str(tmp_path / "w")
+    one = run_output(str(tmp_path / "one"), urls, work, stub, concepts=corpus["concepts"])
+    first = run_output(str(tmp_path / "two"), urls[:1], work, stub, concepts=corpus["concepts"])
+    # the baseline given again is skipped; the update removes 1 of 3 facts, more than the default guard's 20%
+    second = run_output(str(tmp_path / "two"), urls, work, stub, concepts=corpus["concepts"], max_graph_loss=0.5)
+    assert first["facts"] == 3 and second["fresh"] == [corpus["update"]]  # only the update is new
+    assert second["facts"] == one["facts"] == 2 and second["inputs"] == 2
+    assert sorted_rows(ex.read_graph(str(tmp_path / "one"))) == sorted_rows(ex.read_graph(str(tmp_path / "two")))
+    live_one, live_two = (ex.read_live_triples(str(tmp_path / d)) for d in ("one", "two"))
+    assert sorted_rows(live_one.drop("part_id")) == sorted_rows(live_two.drop("part_id"))
+    assert sorted(live_two["doc_id"].to_list()) == ["2001", "2002"]
+    assert live_two.filter(live_two["doc_id"] == "2002")["source"].to_list() == [corpus["update"]]  # the revision
+    status = {(r["doc_id"], r["source"]): r["status"]
+              for r in pl_read(tmp_path / "two" / "aggregate" / "documents.parquet")}
+    assert status == {("2001", corpus["baseline"]): "live", ("2002", corpus["baseline"]): "superseded",
+                      ("2003", corpus["baseline"]): "deleted", ("2002", corpus["update"]): "live"}
+    # the raw triples keep every version: 3 from the baseline, 1 from the update
+    assert ex.read_triples(str(tmp_path / "two")).num_rows == 4
+
+
+def pl_read(path):
+    import polars as pl
+    return pl.read_parquet(path).to_dicts()
+
+
+def test_an_output_refuses_files_out_of_order_and_other_settings(tmp_path, corpus, stub):
+    out, work = str(tmp_path / "out"), str(tmp_path / "w")
+    run_output(out, [corpus["update"]], work, stub, concepts=corpus["concepts"])
+    with pytest.raises(ex.PlanConflict, match=r"pubmed26n0001.xml.gz is numbered before .*pubmed26n1400.xml.gz"):
+        ex.new_inputs(out, [corpus["baseline"]], ex.PrepareConfig(part_docs=4, concepts=corpus["concepts"]))
+    with pytest.raises(ex.PlanConflict, match="part_docs: 4 there, 10 now"):
+        ex.new_inputs(out, [corpus["update"]], ex.PrepareConfig(part_docs=10, concepts=corpus["concepts"]))
+    # an unnumbered input joins at the end; the update already there is skipped
+    assert ex.new_inputs(out, [corpus["update"], corpus["archive"]],
+                         ex.PrepareConfig(part_docs=4, concepts=corpus["concepts"])) == [corpus["archive"]]
+
+
+def test_an_update_that_would_wipe_the_graph_stops(tmp_path, corpus, stub):
+    """A deletion file that removes most of the graph fails and leaves the graph as it was, unless allowed."""
+    out, work = str(tmp_path / "out"), str(tmp_path / "w")
+    assert run_output(out, [corpus["baseline"]], work, stub, concepts=corpus["concepts"])["facts"] == 3
+    wipe = tmp_path / "pubmed26n1401.xml.gz"
+    wipe.write_bytes(gzip.compress(("<PubmedArticleSet>\n" + "".join(
+        f'<DeleteCitation><PMID Version="1">{p}</PMID></DeleteCitation>\n' for p in (2001, 2002))
+        + "</PubmedArticleSet>\n").encode()))
+    graph_before = (tmp_path / "out" / ex.GRAPH_FILE).read_bytes()
+    with pytest.raises(ex.GraphShrinkError, match="from 3 to 1 facts"):
+        run_output(out, [str(wipe)], work, stub, concepts=corpus["concepts"])
+    assert (tmp_path / "out" / ex.GRAPH_FILE).read_bytes() == graph_before
+    assert run_output(out, [str(wipe)], work, stub, concepts=corpus["concepts"], max_graph_loss=1.0)["facts"] == 1
+
+
+def test_a_model_that_sees_no_entity_fails_by_name(tmp_path, corpus, stub):
+    people = replace_inventory(stub, RelationInventory(["P17"], {"P17": "country"}, None,
+                                                       entity_types=["PER", "ORG", "LOC"]))
+    manifests = prepare_all([corpus["archive"]], str(tmp_path / "w"), people, part_docs=100)
+    with pytest.raises(ex.NoScoreableEntities, match=r"scores entity types \['LOC', 'ORG', 'PER'\].*"
+                                                     r"30 entities .*Chemical: 10, Disease: 10, Species: 10"):
+        ex.entity_coverage(manifests)
+    chem = prepare_all([corpus["archive"]], str(tmp_path / "w2"), stub, part_docs=100)
+    c = ex.entity_coverage(chem)
+    assert (c["scored"], c["left_out_by_type"], c["warning"]) == (20, {"Species": 10}, "")
+    assert "Species" in ex.entity_coverage(chem, warn_share=0.1)["warning"]
+
+
+def triple(doc, head, tail, head_name, score, head_id=None, tail_id="MESH:D2"):
+    return {"doc_id": doc, "head_entity": head, "tail_entity": tail, "head_id": head_id, "tail_id": tail_id,
+            "head_name": head_name, "tail_name": "pain", "head_type": "Chemical", "tail_type": "Disease",
+            "relation": "CID", "relation_name": "cid", "score": score, "iteration": 1, "evidence_sentence": 0,
+            "evidence_tail_sentence": 0, "evidence_text": "x", "source": "in.jsonl", "part_id": "p0",
+            "model_version": "v1", "code_version": ""}
+
+
+def test_graph_names_are_stable_and_unlinked_entities_stay_in_their_document(tmp_path, monkeypatch):
+    import sys
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [triple("a", 0, 1, "zentrovir", 0.9, "MESH:D1"), triple("b", 0, 1, "Zentrovir", 0.5, "MESH:D1"),
+            triple("c", 0, 1, "Ostrand", 0.8), triple("d", 2, 1, "Ostrand", 0.7)]  # no ids: two entities
+    monkeypatch.setattr(sys.modules["docre.extract.aggregate"], "read_triples",
+                        lambda out: pa.Table.from_pylist(rows, ex.TRIPLE_SCHEMA))
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c", "d"]}), tmp_path / "part.parquet")
+    part = ex.Part("p0", "in.jsonl", 0, str(tmp_path / "part.parquet"), "", 0, 4, 4, 0)
+    names = set()
+    for i in range(3):  # rebuilt from the same triples: the same names; a tie goes to the first in order
+        s = ex.aggregate(str(tmp_path / f"o{i}"), [part])
+        graph = {r["head_key"]: r for r in ex.read_graph(str(tmp_path / f"o{i}")).to_dicts()}
+        names.add(tuple(sorted((k, r["head_name"]) for k, r in graph.items())))
+    assert names == {(("MESH:D1", "Zentrovir"), ("c#0", "Ostrand"), ("d#2", "Ostrand"))}
+    assert graph["MESH:D1"]["documents"] == 2 and graph["c#0"]["documents"] == 1 and graph["c#0"]["head_id"] is None
+    assert s["relations"] == [{"relation": "CID", "document_facts": 4, "documents": 4, "facts": 3}]
 
 
 # ---------------------------------------------------------------- the model store
@@ -402,3 +519,16 @@ def test_parts_can_also_be_written_as_bioc_and_jsonl(tmp_path, corpus, stub):
         docs = list(read_documents(str(out / f)))
         assert len(docs) == 10 and sum(len(d.facts) for d in docs) == 10
         assert {f_.relation for d in docs for f_ in d.facts} == {"CID"}
+
+
+def test_code_version_without_git_reads_the_commit_baked_into_the_image(tmp_path, monkeypatch):
+    """An image has no .git; its build writes docre/build_info.json, and provenance names that commit."""
+    import subprocess
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setattr(model_store, "BUILD_INFO", tmp_path / "build_info.json")
+    assert "git_commit" not in model_store.code_version()
+    (tmp_path / "build_info.json").write_text('{"git_commit": "0123456789abcdef", "git_dirty": false}')
+    assert model_store.code_version()["git_commit"] == "0123456789abcdef"

@@ -133,7 +133,7 @@ def test_prepare_extract_aggregate_on_a_local_cluster(prefect_api, s3, corpus, p
     assert {"docre-extract-report", "docre-extract-top-relations"} <= set(arts)
     assert "15 in = 14 extracted + 1 quarantined" in arts["docre-extract-report"]["data"]
     assert arts["docre-extract-top-relations"]["type"] == "table"
-    progress = latest_artifact("docre-extract-progress")  # updated as parts finish, by the cluster subflow
+    progress = arts["docre-extract-progress"]  # on the run the user started, updated as parts finish
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     # a second run reads nothing and runs nothing
     again = docre_extract(corpus["inputs"], out, published["store"], part_docs=4, n_workers=2,
@@ -146,6 +146,38 @@ def test_prepare_extract_aggregate_on_a_local_cluster(prefect_api, s3, corpus, p
         time.sleep(0.5)
     import psutil
     assert not left, [" ".join(psutil.Process(p).cmdline())[:200] for p in left if psutil.pid_exists(p)]
+
+
+def test_baseline_then_update_in_two_runs_and_a_model_that_sees_nothing(prefect_api, s3, corpus, published,
+                                                                        tiny_encoder, tmp_path):
+    """The daily path: the archive and the baseline in one run, the update file alone in the next, into one
+    output: the same graph and live triples as one run over all three (the first test's output). A model
+    for other entity types fails at once, by name, instead of ending green with zero triples."""
+    import polars as pl
+    from flows.extract import docre_extract
+    one = f"s3://{BUCKET}/pt3-out/local/v1"  # test_prepare_extract_aggregate_on_a_local_cluster's output
+    two = f"s3://{BUCKET}/pt3-out/daily/{{model_version}}"
+    kw = dict(part_docs=4, n_workers=1, concepts=corpus["concepts"])
+    first = docre_extract(f"{corpus['archive']},{corpus['baseline']}", two, published["store"], **kw)
+    second = docre_extract(f"{corpus['archive']},{corpus['update']}", two, published["store"], **kw)
+    assert (first["inputs"], second["inputs"], second["inputs_new"]) == (2, 3, 1)
+    two = two.replace("{model_version}", "v1")
+    keys = ["head_key", "relation", "tail_key"]
+    assert ex.read_graph(two).drop("examples").sort(keys).equals(ex.read_graph(one).drop("examples").sort(keys))
+    live = [ex.read_live_triples(u).drop("part_id").sort(["doc_id", "head_entity", "tail_entity"]) for u in (one, two)]
+    assert live[0].equals(live[1]) and "2003" not in live[1]["doc_id"].to_list()
+
+    import dataclasses
+    import torch
+    from docre.model.docre_ii import DocREModel, ModelConfig
+    people = dataclasses.replace(cdr_inventory(), entity_types=["PER", "ORG", "LOC"])
+    torch.manual_seed(0)
+    DocREModel.create(ModelConfig(encoder=tiny_encoder), people, pretrained=True).save_pretrained(tmp_path / "m")
+    state = docre_extract(corpus["archive"], str(tmp_path / "out"), str(tmp_path / "m"), part_docs=4, n_workers=1,
+                          return_state=True)
+    assert state.is_failed() and "every one of the inputs' 30 entities is of another type" in state.message
+    assert "Chemical: 10, Disease: 10, Species: 10" in state.message
+    assert not (tmp_path / "out" / "_plan.json").exists()  # nothing joined the output
 
 
 def test_a_killed_worker_changes_nothing(prefect_api, s3, corpus, published):

@@ -39,7 +39,7 @@ def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> N
     if quarantine:
         print(f"{'quarantined':>24}: {sum(q.count for q in quarantine):,}", file=out)
         for q in quarantine[:limit]:
-            print(f"{'':>24}  {q.source.rsplit('/', 1)[-1]}: {q.where}: {q.reason}", file=out)
+            print(f"{'':>24}  {q.source}: {q.where}: {q.reason}", file=out)  # whole: the archive's name too
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -153,12 +153,13 @@ def _aggregate(args: argparse.Namespace) -> None:
     """Rebuild the knowledge graph of an extraction output (latest citation versions, deletions applied)."""
     from ..extract import aggregate, load_plan
     parts, deletions = load_plan(args.out_url)
-    s = aggregate(args.out_url, parts, deletions, examples=args.examples)
+    s = aggregate(args.out_url, parts, deletions, examples=args.examples, max_graph_loss=args.max_graph_loss)
     print(f"{s['graph_url']}: {s['facts']:,} facts from {s['documents_with_facts']:,} documents; "
-          f"{s['triples_kept']:,} of {s['triples_in']:,} triples kept ({s['documents_deleted']:,} deleted citations)")
-    print(f"{'relation':>28} {'documents':>10} {'facts':>8}")
+          f"{s['triples_kept']:,} of {s['triples_in']:,} triples live ({s['documents_superseded']:,} superseded and "
+          f"{s['documents_deleted']:,} deleted citations)")
+    print(f"{'relation':>28} {'facts':>8} {'documents':>10} {'doc-facts':>10}")
     for r in s["relations"][:args.top]:
-        print(f"{r['relation']:>28} {r['documents']:>10,} {r['facts']:>8,}")
+        print(f"{r['relation']:>28} {r['facts']:>8,} {r['documents']:>10,} {r['document_facts']:>10,}")
 
 
 def _split(args: argparse.Namespace) -> None:
@@ -225,6 +226,9 @@ def add_extract_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_url", help="the extraction output URL (docre-extract's out_url)")
     p.add_argument("--examples", type=int, default=5, help="example documents with evidence per fact")
     p.add_argument("--top", type=int, default=20, help="relations to print")
+    p.add_argument("--max-graph-loss", type=float, default=0.2,
+                   help="refuse to write a graph that loses more than this share of the current one's facts "
+                        "(1.0: allow any)")
     p.set_defaults(func=_aggregate)
 
 

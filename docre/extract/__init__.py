@@ -17,14 +17,17 @@ No Prefect.
 from __future__ import annotations
 
 from ..registry.storage import redact_url, write_bytes_atomic
-from .aggregate import GRAPH_FILE, aggregate, read_graph
-from .plan import (Part, PrepareConfig, input_fingerprint, list_inputs, load_plan, plan_parts, read_input_manifest,
-                   write_plan)
-from .prepare import prepare_input, tokenization_id
+from .aggregate import (DOCUMENTS_FILE, GRAPH_FILE, GraphShrinkError, aggregate, document_status, read_graph,
+                        read_live_triples)
+from .plan import (Part, PlanConflict, PrepareConfig, extend_plan, input_fingerprint, list_inputs, load_plan,
+                   new_inputs, plan_parts, read_input_manifest, read_plan, write_plan)
+from .prepare import NoScoreableEntities, entity_coverage, prepare_input, tokenization_id
 from .run import (QUARANTINE_SCHEMA, TRIPLE_SCHEMA, PartResult, extract_part, pending_parts, read_committed,
                   read_quarantine, read_triples, summarize)
 
-__all__ = ["GRAPH_FILE", "Part", "PartResult", "PrepareConfig", "QUARANTINE_SCHEMA", "TRIPLE_SCHEMA", "aggregate",
-           "extract_part", "input_fingerprint", "list_inputs", "load_plan", "write_plan", "pending_parts", "plan_parts", "prepare_input",
-           "read_committed", "read_graph", "read_input_manifest", "read_quarantine", "read_triples", "redact_url",
-           "summarize", "tokenization_id", "write_bytes_atomic"]
+__all__ = ["DOCUMENTS_FILE", "GRAPH_FILE", "GraphShrinkError", "NoScoreableEntities", "Part", "PartResult",
+           "PlanConflict", "PrepareConfig", "QUARANTINE_SCHEMA", "TRIPLE_SCHEMA", "aggregate", "document_status",
+           "entity_coverage", "extend_plan", "extract_part", "input_fingerprint", "list_inputs", "load_plan",
+           "new_inputs", "pending_parts", "plan_parts", "prepare_input", "read_committed", "read_graph",
+           "read_input_manifest", "read_live_triples", "read_plan", "read_quarantine", "read_triples", "redact_url",
+           "summarize", "tokenization_id", "write_bytes_atomic", "write_plan"]

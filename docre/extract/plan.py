@@ -135,18 +135,94 @@ def plan_parts(manifests: list[dict]) -> list[Part]:
     return parts
 
 
-def write_plan(out_url: str, manifests: list[dict]) -> None:
-    """Record the run's inputs in rank order (their prepare manifests), so the output can be re-aggregated."""
+class PlanConflict(ValueError):
+    """A run that would make an output disagree with itself: another preparation, an input out of order."""
+
+
+PLAN_FILE = "_plan.json"
+_NUMBERED = re.compile(r"^(?P<stem>.*?)(?P<number>\d+)(?P<suffix>\D*)$")
+
+
+def sequence_key(url: str) -> tuple[str, int] | None:
+    """(name pattern, number) of a numbered input such as ``pubmed25n1275.xml.gz`` or ``BioCXML.3.tar.gz``.
+
+    PubMed numbers its update files after the baseline and each update may delete or revise citations of
+    the files before it, so files of one series must be added to an output in number order."""
+    m = _NUMBERED.match(url.rstrip("/").rsplit("/", 1)[-1])
+    return (m["stem"] + "#" + m["suffix"], int(m["number"])) if m else None
+
+
+def read_plan(out_url: str) -> dict | None:
+    """The output's ledger: its preparation and its inputs in rank order (None for a new output)."""
+    url = join(out_url, PLAN_FILE)
+    return read_json(url) if exists(url) else None
+
+
+def new_inputs(out_url: str, urls: list[str], cfg: PrepareConfig) -> list[str]:
+    """The inputs of `urls` that the output does not hold yet, in order; refuses what would make the output
+    disagree with itself.
+
+    An output is a growing, ordered set of inputs: the baseline in one run, then an update file a day.
+    Inputs it already holds are skipped (never counted twice). A run prepared otherwise (another part size,
+    format, passages or concepts) would count the same documents twice, and a file numbered before one the
+    output holds would apply PubMed's revisions out of order: both raise `PlanConflict` before any work.
+    """
+    plan = read_plan(out_url)
+    if plan is None:
+        return list(dict.fromkeys(urls))
+    if plan.get("prepare") is not None and plan["prepare"] != asdict(cfg):
+        differ = [f"{k}: {plan['prepare'].get(k)!r} there, {v!r} now"
+                  for k, v in asdict(cfg).items() if plan["prepare"].get(k) != v]
+        raise PlanConflict(f"{out_url} was prepared with other settings ({'; '.join(differ)}): the same documents "
+                           f"would be counted twice. Rerun with the output's settings, or write to a new out_url")
+    held = set(plan["inputs"])
+    last: dict[str, tuple[int, str]] = {}
+    for url in plan["inputs"]:
+        if (key := sequence_key(url)) is not None:
+            last[key[0]] = max(last.get(key[0], (-1, "")), (key[1], url))
+    out = []
+    for url in dict.fromkeys(urls):
+        if url in held:
+            continue
+        if (key := sequence_key(url)) is not None:
+            if key[0] in last and key[1] < last[key[0]][0]:
+                raise PlanConflict(f"{url} is numbered before {last[key[0]][1]}, which {out_url} already holds: "
+                                   f"files of one series must be added in number order (PubMed updates after "
+                                   f"the baseline)")
+            last[key[0]] = (key[1], url)
+        out.append(url)
+    return out
+
+
+def extend_plan(out_url: str, manifests: list[dict], cfg: PrepareConfig) -> list[dict]:
+    """Append this run's prepared inputs to the output's ordered set (see `new_inputs`); returns the
+    manifests of every input the output holds, in rank order. The plan file is rewritten atomically."""
     from ..registry.storage import write_json_atomic
-    write_json_atomic(join(out_url, "_plan.json"), {
+    fresh = set(new_inputs(out_url, [m["input_url"] for m in manifests], cfg))
+    plan = read_plan(out_url) or {"schema_version": 2, "inputs": [], "manifests": []}
+    for m in manifests:
+        if m["input_url"] in fresh:
+            plan["inputs"].append(m["input_url"])
+            plan["manifests"].append(join(m["prepared_url"], "manifest.json"))
+    plan["prepare"] = asdict(cfg)
+    write_json_atomic(join(out_url, PLAN_FILE), plan)
+    return [read_json(u) for u in plan["manifests"]]
+
+
+def write_plan(out_url: str, manifests: list[dict], cfg: PrepareConfig | None = None) -> None:
+    """Record `manifests` as the output's inputs, in rank order (for tests and tools that plan by hand)."""
+    from ..registry.storage import write_json_atomic
+    write_json_atomic(join(out_url, PLAN_FILE), {
+        "schema_version": 2, "prepare": asdict(cfg) if cfg is not None else None,
         "inputs": [m["input_url"] for m in manifests],
         "manifests": [join(m["prepared_url"], "manifest.json") for m in manifests]})
 
 
 def load_plan(out_url: str) -> tuple[list[Part], dict[int, list[str]]]:
-    """(parts, deletions by input rank) of the run that wrote `out_url`."""
-    url = join(out_url, "_plan.json")
-    if not exists(url):
-        raise FileNotFoundError(f"{url}: no extraction plan (was {out_url} written by docre-extract?)")
-    manifests = [read_json(u) for u in read_json(url)["manifests"]]
+    """(parts, deletions by input rank) of every input the output holds."""
+    plan = read_plan(out_url)
+    if plan is None:
+        raise FileNotFoundError(f"{join(out_url, PLAN_FILE)}: no extraction plan (was {out_url} written by "
+                                f"docre-extract?)")
+    manifests = [read_json(u) for u in plan["manifests"]]
     return plan_parts(manifests), {rank: m["deleted"] for rank, m in enumerate(manifests) if m["deleted"]}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from typing import Callable
 
@@ -85,6 +86,7 @@ def prepare_input(url: str, work_url: str, tokenizer, inventory: RelationInvento
     rows: list[dict] = []
     q_rows: list[dict] = []
     record = 0
+    entities = 0  # entities the model can score, in the documents kept (the whole file, as `counts`)
     part_first = resume_at
     drained = 0
 
@@ -114,6 +116,7 @@ def prepare_input(url: str, work_url: str, tokenizer, inventory: RelationInvento
     _log_read(url)
     for doc in read_documents(url, cfg.format, inventory, quarantine, options, counts, deleted):
         take_quarantine()
+        entities += len(doc.entities)
         if record >= resume_at:
             try:
                 row = encode_document(doc, tokenizer, inventory)
@@ -133,8 +136,43 @@ def prepare_input(url: str, work_url: str, tokenizer, inventory: RelationInvento
         "prepared_url": base, "config": cfg.__dict__, "encoder": encoder,
         "records": record, "docs": sum(p["docs"] for p in parts),
         "quarantined": sum(p["quarantined"] for p in parts), "parts": parts, "left_out": counts,
+        "entities": entities, "model_entity_types": sorted(inventory.entity_types or []),
         "deleted": deleted, "seconds": round(time.time() - t0, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed_at_record": resume_at,
     }
     write_json_atomic(join(base, "manifest.json"), manifest)  # commit point
     return manifest | {"reused": False}
+
+
+class NoScoreableEntities(ValueError):
+    """The model can score none of the input's entities: a run would succeed with zero triples."""
+
+
+LEFT_OUT_TYPE = re.compile(r"^entities of type '(.*)' left out$")
+
+
+def entity_coverage(manifests: list[dict], warn_share: float = 0.5) -> dict:
+    """How many of the inputs' entities the model can score, by the prepare manifests.
+
+    Returns {"scored", "left_out", "left_out_by_type", "model_types", "share_left_out", "warning"};
+    raises `NoScoreableEntities` when entities were read but none is of a type the model knows (a model
+    for people and places on chemical abstracts), which would otherwise end green with zero triples.
+    """
+    scored = sum(m.get("entities", 0) for m in manifests)
+    by_type: dict[str, int] = {}
+    for m in manifests:
+        for key, n in m.get("left_out", {}).items():
+            if (hit := LEFT_OUT_TYPE.match(key)) is not None:
+                by_type[hit[1]] = by_type.get(hit[1], 0) + n
+    left = sum(by_type.values())
+    model_types = sorted({t for m in manifests for t in m.get("model_entity_types", [])})
+    share = left / (left + scored) if left + scored else 0.0
+    types = ", ".join(f"{t}: {n:,}" for t, n in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])))
+    if scored == 0 and left > 0:
+        raise NoScoreableEntities(f"the model scores entity types {model_types}, but every one of the inputs' "
+                                  f"{left:,} entities is of another type ({types}): 0 entities to extract from. "
+                                  f"Use a model trained for these types")
+    warning = (f"{share:.0%} of the inputs' entities are of types the model does not score ({types}); the model "
+               f"scores {model_types}") if left and share > warn_share else ""
+    return {"scored": scored, "left_out": left, "left_out_by_type": by_type, "model_types": model_types,
+            "share_left_out": round(share, 4), "warning": warning}

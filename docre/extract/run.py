@@ -31,7 +31,7 @@ from ..data.document import Document
 from ..registry.storage import exists, fs_of, join, list_files, read_json, write_bytes_atomic
 from .plan import Part
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: evidence_tail_sentence
 
 TRIPLE_SCHEMA = pa.schema([
     ("doc_id", pa.string()),
@@ -47,8 +47,9 @@ TRIPLE_SCHEMA = pa.schema([
     ("relation_name", pa.string()),
     ("score", pa.float32()),
     ("iteration", pa.int8()),  # first inference iteration (0 = base module) that predicted the fact
-    ("evidence_sentence", pa.int32()),  # first sentence where head and tail co-occur (else the closest pair's first)
-    ("evidence_text", pa.string()),
+    ("evidence_sentence", pa.int32()),  # first sentence where head and tail co-occur, else the head's of the closest pair
+    ("evidence_tail_sentence", pa.int32()),  # the tail's sentence: the same one when they co-occur
+    ("evidence_text", pa.string()),  # that sentence; or the head's and the tail's, joined by " … "
     ("source", pa.string()),  # input URL
     ("part_id", pa.string()),
     ("model_version", pa.string()),
@@ -109,17 +110,22 @@ def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     return buf.getvalue()
 
 
-def evidence(doc: Document, head: int, tail: int) -> tuple[int, str]:
-    """(sentence index, text): where head and tail first co-occur, else the closest sentences that hold them."""
+def evidence(doc: Document, head: int, tail: int) -> tuple[int, int, str]:
+    """(head's sentence, tail's sentence, text): the first sentence where head and tail co-occur; else the
+    closest pair of a sentence with the head and one with the tail, and those two sentences' text only
+    (the span between them can run to pages)."""
     hs = sorted({m.sent_id for m in doc.entities[head].mentions})
     ts = sorted({m.sent_id for m in doc.entities[tail].mentions})
     both = sorted(set(hs) & set(ts))
     if both:
         a = b = both[0]
     else:
-        a, b = min(((min(h, t), max(h, t)) for h in hs for t in ts), key=lambda p: (p[1] - p[0], p[0]))
+        a, b = min(((h, t) for h in hs for t in ts), key=lambda p: (abs(p[1] - p[0]), min(p), p[0]))
     text, chars = doc.layout()
-    return a, text[chars[a][0][0]:chars[b][-1][1]]
+
+    def sentence(i: int) -> str:
+        return text[chars[i][0][0]:chars[i][-1][1]]
+    return a, b, sentence(a) if a == b else f"{sentence(a)} … {sentence(b)}"
 
 
 def most_frequent_mention(doc: Document, entity: int) -> str:
@@ -133,13 +139,13 @@ def triple_rows(triples: Iterable, docs: dict[str, Document], part: Part, model_
     rows = []
     for t in triples:
         doc = docs[t.doc_id]
-        sent, text = evidence(doc, t.head, t.tail)
+        sent, tail_sent, text = evidence(doc, t.head, t.tail)
         rows.append({"doc_id": t.doc_id, "head_entity": t.head, "tail_entity": t.tail,
                      "head_id": namespaced_id(t.head_id, t.head_type), "tail_id": namespaced_id(t.tail_id, t.tail_type),
                      "head_name": most_frequent_mention(doc, t.head), "tail_name": most_frequent_mention(doc, t.tail),
                      "head_type": t.head_type, "tail_type": t.tail_type, "relation": t.relation,
                      "relation_name": t.relation_name, "score": t.score, "iteration": t.iteration,
-                     "evidence_sentence": sent, "evidence_text": text, "source": part.input_url,
+                     "evidence_sentence": sent, "evidence_tail_sentence": tail_sent, "evidence_text": text, "source": part.input_url,
                      "part_id": part.part_id, "model_version": model_version, "code_version": code_version})
     return rows
 
@@ -338,5 +344,9 @@ def _read_committed_files(out_url: str, attr: str, schema: pa.Schema) -> pa.Tabl
     for r in sorted(read_committed(out_url).values(), key=lambda r: r.part_id):
         fs, path = fs_of(join(out_url, getattr(r, attr)))
         with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, schema=schema))
+            table = pq.read_table(f)
+        for field in schema:  # parts committed by an older schema: its new columns are null
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        tables.append(table.select(schema.names).cast(schema))
     return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -325,7 +325,10 @@ def list_versions(store_url: str) -> list[dict]:
 
     status is "latest", "promoted" (was latest before), "rejected" (stored as
     a candidate by the champion/challenger check) or "stored" (published
-    without a decision, e.g. by hand or before the check existed).
+    without a decision, e.g. by hand or before the check existed). `interval`
+    (the decision's bootstrap interval of challenger - champion F1) and
+    `drift` (its drift-budget check: reference version, F1, source) are None
+    for decisions recorded before they existed, and for first models.
     """
     fs, root = fs_of(store_url)
     fs.invalidate_cache(root)
@@ -357,16 +360,22 @@ def list_versions(store_url: str) -> list[dict]:
             status = "stored"
         rows.append({"version": name, "published": meta.get("published"), "latest": name == latest,
                      "status": status, "compare_k": compare_k, "f1": f1,
-                     "compared_with": lineage.get("compared_with"), "reason": decision.get("reason")})
+                     "compared_with": lineage.get("compared_with"), "reason": decision.get("reason"),
+                     "interval": decision.get("interval"), "drift": decision.get("drift")})
     return sorted(rows, key=lambda r: (r["published"] or "", r["version"]))
 
 
 # ------------------------------------------------------------------------------ lineage helpers
+BUILD_INFO = Path(__file__).resolve().parents[1] / "build_info.json"  # written by the image build (infra/Dockerfile)
+
+
 def code_version() -> dict:
-    """The code that trained a model: the git commit (and whether the tree had local changes), else the package version."""
+    """The code that trained a model or extracted a triple: the git commit (and whether the tree had local
+    changes); where there is no git checkout (an image), the commit baked in at build time; and the package
+    version."""
     import subprocess
     from importlib import metadata
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out: dict = {}
     try:
         out["package"] = metadata.version("docre")
@@ -381,6 +390,10 @@ def code_version() -> dict:
             out["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
+    if "git_commit" not in out and BUILD_INFO.exists():
+        baked = json.loads(BUILD_INFO.read_text())
+        if baked.get("git_commit"):
+            out["git_commit"], out["git_dirty"] = baked["git_commit"], baked.get("git_dirty")
     return out
 
 
