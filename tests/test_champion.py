@@ -241,7 +241,7 @@ def test_killed_run_resumes_through_the_flow_to_the_same_model(prefect_api, tiny
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(resumed.state_details.flow_run_id)
     assert run.run_count == 2
-    history = json.loads(open(f"{resumed.result()['run_dir']}/stage1/history.json").read())
+    history = json.loads(open(f"{resumed.result()['run_dir']}/report/history.json").read())[0]  # stage 1
     assert [r["epoch"] for r in history] == [1, 2]
     # epoch 1 ran once (before the fault) and came back from the work URL; each epoch line is logged once
     lines = run_logs(resumed.state_details.flow_run_id, until="published as latest")

@@ -124,3 +124,32 @@ def test_evaluate_without_training_data_shows_no_ign_f1(trained, capsys):
                  "--iterations", "0", "--train-data", str(trained / "data")]) == 0
     row = capsys.readouterr().out.splitlines()[1].split()
     assert row[4] != "—" and float(row[4]) >= 0
+
+
+def test_train_refuses_impossible_values_naming_the_field(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train_data: a\ndev_data: b\nout_dir: c\nstage1: {epochs: -1}\nstage2: {lr_head: -0.1}\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "stage1.epochs" in err and "stage2.lr_head" in err and not (tmp_path / "c").exists()
+
+
+def test_version_and_model_arguments_that_accept_a_store(tmp_path, capsys, tiny_encoder):
+    import torch
+    from docre.data.document import cdr_inventory
+    from docre.model.docre_ii import DocREModel, ModelConfig
+    from docre.registry import store
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("docre 0.1.0")
+    with pytest.raises(SystemExit) as e:
+        main(["model", "list", str(tmp_path / "no-store")])
+    assert e.value.code == 2 and "no model store there" in capsys.readouterr().err
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    DocREModel.create(ModelConfig(encoder=tiny_encoder), cdr_inventory(), pretrained=True).save_pretrained(ckpt)
+    store.publish_model(ckpt, str(tmp_path / "models"), "v3")
+    for model in (str(tmp_path / "models"), str(ckpt)):  # the store's latest, or the checkpoint itself
+        out = tmp_path / f"{len(model)}.jsonl"
+        assert main(["predict", model, str(FIXTURES / "cdr_sample.data"), str(out), "--threads", "1"]) == 0
+        assert out.exists()

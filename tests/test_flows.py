@@ -43,6 +43,9 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
                  "report/learning_curves.png", "report/per_relation_f1.png", "report/metrics.json"):
         assert s3.exists(f"{BUCKET}/trained/{version}/{name}"), name
     assert [r["K"] for r in result["dev"]] == [0, 1, 2, 3]
+    # the model is stored: the run's local checkpoints are gone, its report stays
+    run_dir = Path(result["run_dir"])
+    assert not list(run_dir.glob("stage*")) and (run_dir / "report" / "report.md").exists()
     with get_client(sync_client=True) as client:
         # every argument spelled out: this client version sends null for missing ones, which the API refuses
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -93,6 +96,8 @@ def test_deploy_all_and_run_extract_through_a_process_worker(prefect_api, tiny_e
     assert train.work_pool_name == extract.work_pool_name == "docre-process"
     assert train.parameters["model_store_url"] == extract.parameters["model_url"] == "outputs/models"
     assert train.parameters["train_inputs"] == "examples/train.json" and train.parameters["tolerance"] == 0.5
+    # the demo schedule is a config file, so a run's `config` overrides single fields of it (see below)
+    assert (train.parameters["config_file"], train.parameters["config"]) == ("configs/demo.yaml", {})
     limits = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
         "containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "{{ gpu_count }}"
@@ -125,3 +130,35 @@ def test_deploy_all_and_run_extract_through_a_process_worker(prefect_api, tiny_e
     out_v7 = str(tmp_path / "triples" / "v7")
     summary = ex.summarize(ex.load_plan(out_v7)[0], out_v7)
     assert summary["complete"] and summary["docs_in"] == 3 and summary["parts"] == 2
+
+
+def test_config_overrides_merge_field_by_field_and_bad_values_stop_the_run(prefect_api, tmp_path):
+    """`--param config=...` on the deployment changes single fields of its config file (configs/demo.yaml);
+    an impossible value fails the run at once, naming the field, before any tokenization or training."""
+    import yaml
+    from flows.train import docre_train, merge_config
+    root = Path(__file__).resolve().parent.parent
+    demo = yaml.safe_load((root / "configs" / "demo.yaml").read_text())
+    merged = merge_config(demo, {"stage1": {"epochs": 2}, "model": {"iterations": 1}})
+    assert merged["stage1"] == demo["stage1"] | {"epochs": 2}
+    assert merged["model"] == demo["model"] | {"iterations": 1} and merged["model"]["feature_dim"] == 128
+    state = docre_train(CDR, CDR, str(tmp_path / "models"), work_dir=str(tmp_path / "work"),
+                        config_file=str(root / "configs" / "demo.yaml"), config={"stage1": {"epochs": -1}},
+                        return_state=True)
+    assert state.is_failed() and "stage1.epochs" in state.message and "greater than or equal to 1" in state.message
+    assert not (tmp_path / "work" / "data").exists()  # nothing was tokenized
+
+
+def test_the_temporary_server_gets_time_to_start_on_a_busy_machine(tmp_path):
+    """Prefect waits 20 s for its temporary server by default; a loaded 2-core machine needs more. The project
+    sets 180 s in prefect.toml (processes started here) and in flows/__init__.py (anywhere else)."""
+    import subprocess
+    import sys
+    code = ("import flows\nfrom prefect.settings import get_current_settings\n"
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    root = Path(__file__).resolve().parent.parent
+    for cwd, prelude in ((tmp_path, code), (root, code.replace("import flows\n", ""))):
+        out = subprocess.run([sys.executable, "-c", prelude], cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.stdout.strip() == "180", (cwd, out.stderr[-2000:])

@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import fsspec
 
@@ -53,11 +52,19 @@ def _train(args: argparse.Namespace) -> None:
         print(f"stage {r.stage}: best dev F1 {r.best_f1 * 100:.2f} -> {r.best_dir}")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def load_model(model_url: str, device: str):
+    """(model, version) from a checkpoint directory or a model store (its `latest`), local or remote."""
     from ..model.docre_ii import DocREModel
-    from ..training.train import evaluate, load_split, resolve_device
+    from ..registry import store
+    from ..training.train import resolve_device
+    checkpoint, version = store.resolve_model(model_url)
+    return DocREModel.from_pretrained(store.fetch_model(checkpoint), resolve_device(device)), version
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ..training.train import evaluate, load_split
     _set_threads(args)
-    model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
+    model, _ = load_model(args.model, args.device)
     if args.output:
         model.config.output = args.output
     model.predict_batch_size = args.batch_size
@@ -110,10 +117,8 @@ def _prediction_options(p: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from ..data.io import Quarantined, read_documents
-    from ..model.docre_ii import DocREModel
-    from ..training.train import resolve_device
     _set_threads(args)
-    model = DocREModel.from_pretrained(args.model, resolve_device(args.device))
+    model, version = load_model(args.model, args.device)
     _use_runtime(model, args)
     quarantine: list[Quarantined] = []
     counts: dict = {}
@@ -126,7 +131,6 @@ def _predict(args: argparse.Namespace) -> None:
     out_name = args.output.lower().removesuffix(".gz")
     if out_name.endswith((".xml", ".bioc.json")):  # BioC with predicted <relation>s, for PubTator tools
         from ..data.bioc import write_bioc_json, write_bioc_xml
-        version = Path(args.model).name if args.model else None
         with fsspec.open(args.output, "wt", compression="infer", encoding="utf-8") as f:
             if out_name.endswith(".xml"):
                 for chunk in write_bioc_xml(docs, rows, version):
@@ -186,6 +190,9 @@ def _synthesize(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(docs)} invented documents, {sum(len(d.facts) for d in docs)} facts")
 
 
+MODEL_HELP = "a checkpoint directory, or a model store (its latest version); local, file:// or s3://"
+
+
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="two-stage training from a YAML config")
     p.add_argument("config")
@@ -195,7 +202,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="F1 / Ign F1 / intra / inter / infer at each iteration K")
-    p.add_argument("model", help="checkpoint directory")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("data", help="tokenized dataset directory (docre data tokenize)")
     p.add_argument("--train-data", help="tokenized training set, for Ign F1")
     p.add_argument("--iterations", help="comma-separated K values (default 0..K)")
@@ -207,7 +214,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="extract triples from documents")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("input", help="documents: PubTator, DocRED JSON/JSONL, .data (any fsspec URL, gzip ok)")
     p.add_argument("output", help="*.jsonl or *.parquet (triples with names, scores, iteration), "
                                   "*.xml / *.bioc.json (BioC documents with predicted relations), or "

@@ -91,9 +91,19 @@ def _urls(args: argparse.Namespace | None, prefix: str = "") -> str:
     return ", ".join(found) or "docre"
 
 
+def _version() -> str:
+    """docre's package version and, where known, the commit (a checkout's git, or the image's baked one)."""
+    from ..registry.store import code_version
+    code = code_version()
+    commit = f" (git {code['git_commit'][:12]}{'-dirty' if code.get('git_dirty') else ''})" \
+        if code.get("git_commit") else ""
+    return f"docre {code.get('package') or 'unknown'}{commit}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="docre", description="Document-level relation extraction (DocRE-II)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="read, check and tokenize datasets").add_subparsers(dest="data_cmd", required=True)
 

@@ -17,8 +17,11 @@ def _fail(e: Exception) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     from ..registry import store
+    from ..registry.storage import exists
     try:
         store.check_store_access(args.store)
+        if not exists(args.store):
+            raise FileNotFoundError(f"{args.store}: no model store there (nothing at that path)")
         rows = store.list_versions(args.store)
         history = store.promotion_history(args.store)
     except (store.StoreAccessError, OSError) as e:

@@ -28,11 +28,11 @@ from ..model.docre_ii import DocREModel, ModelConfig, precision_autocast
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epochs: int = 1
-    batch_size: int = 4
-    lr_encoder: float = 5e-5  # stage 1: encoder; stage 2: the whole base module
-    lr_head: float = 1e-4  # stage 1: base classifier layers; stage 2: the inference module
-    grad_accum: int = 1
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr_encoder: float = Field(5e-5, ge=0)  # stage 1: encoder; stage 2: the whole base module
+    lr_head: float = Field(1e-4, ge=0)  # stage 1: base classifier layers; stage 2: the inference module
+    grad_accum: int = Field(1, ge=1)
     freeze_base: bool = False  # ablation "w/ freeze base module" (stage 2)
 
 
@@ -48,14 +48,14 @@ class TrainConfig(BaseModel):
     stage1: StageConfig = StageConfig(epochs=20, batch_size=4, lr_encoder=1e-5, lr_head=5e-5)
     stage2: StageConfig = StageConfig(epochs=10, batch_size=4, lr_encoder=1e-6, lr_head=5e-5)
     model: dict = Field(default_factory=dict)  # ModelConfig fields
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.06, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     max_tokens: int | None = 4096  # cap on batch_size x longest document per batch
     seed: int = 66
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # training autocast; auto: bf16 on CUDA, fp32 on CPU
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     eval_iterations: list[int] = [0, 1, 2, 3]
     limit_train: int | None = None  # use only the first n training documents (smoke runs)
     limit_dev: int | None = None
