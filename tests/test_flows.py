@@ -162,3 +162,47 @@ def test_the_temporary_server_gets_time_to_start_on_a_busy_machine(tmp_path):
         out = subprocess.run([sys.executable, "-c", prelude], cwd=cwd, env=env, capture_output=True, text=True,
                              timeout=120)
         assert out.stdout.strip() == "180", (cwd, out.stderr[-2000:])
+
+
+def test_a_run_whose_process_is_killed_is_marked_crashed(prefect_api, tmp_path):
+    """infra/automations/crash-zombie-runs.yaml on a real Prefect API: a flow's process is SIGKILLed while
+    Running; its heartbeats stop, and the automation marks the run Crashed (which frees a concurrency slot).
+    The automation's window is shortened from 300 s to 35 s so the test does not wait five minutes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import yaml
+    from prefect import get_client
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings import PREFECT_API_URL
+    root = Path(__file__).resolve().parent.parent
+    spec = yaml.safe_load((root / "infra" / "automations" / "crash-zombie-runs.yaml").read_text())
+    assert spec["trigger"]["within"] == 300 and spec["actions"][0]["state"] == "CRASHED"
+    spec["trigger"]["within"] = 35
+    with get_client(sync_client=True) as client:
+        automation_id = client.create_automation(AutomationCore.model_validate(spec))
+    script = ("import time\nfrom prefect import flow\n@flow(name='docre-zombie')\ndef long():\n"
+              "    print('RUNNING', flush=True)\n    time.sleep(600)\nlong()\n")
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        while "RUNNING" not in (line := proc.stdout.readline()):
+            assert line or proc.poll() is None, "the flow did not start"
+        time.sleep(5)  # its first heartbeat is out
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        with get_client(sync_client=True) as client:
+            from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+            [run] = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["docre-zombie"])))
+            assert run.state.is_running()  # killed: nothing told the server
+            deadline = time.time() + 150
+            while not (state := client.read_flow_run(run.id).state).is_final() and time.time() < deadline:
+                time.sleep(3)
+            assert state.type.value == "CRASHED" and "heartbeat" in (state.message or ""), state
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation_id)
