@@ -87,6 +87,26 @@ def planning_time(root: Path, parts: int = 2000, inputs: int = 20) -> dict:
     return {"parts": len(planned), "pending": len(pending), "seconds": round(time.perf_counter() - t0, 4)}
 
 
+PUBMED_ABSTRACTS = 36_000_000  # PubMed baseline, order of magnitude: the projection's denominator
+
+
+def input_shape(urls: list[str], model: str) -> dict:
+    """Mean subword tokens and entities per document as the model sees them: what extraction cost scales with."""
+    from docre.data.io import ReadOptions, read_documents
+    from docre.data.tokenize import encode_document
+    from docre.model.docre_ii import DocREModel
+    m = DocREModel.from_pretrained(model)
+    tokens = entities = docs = 0
+    for url in urls:
+        for d in read_documents(url, inventory=m.inventory, quarantine=[],
+                                options=ReadOptions(unknown_relations="ignore")):
+            tokens += len(encode_document(d, m.tokenizer, m.inventory)["input_ids"])
+            entities += len(d.entities)
+            docs += 1
+    return {"documents": docs, "mean_subword_tokens": round(tokens / docs, 1),
+            "mean_entities": round(entities / docs, 2)}
+
+
 def run(urls: list[str], model: str, out: Path, workers: int, part_docs: int) -> dict:
     from docre import extract as ex
     from flows.extract import docre_extract
@@ -101,7 +121,14 @@ def run(urls: list[str], model: str, out: Path, workers: int, part_docs: int) ->
     committed = ex.read_committed(str(out))
     extract_seconds = sum(r.seconds for r in committed.values())
     first = min(r.committed_at for r in committed.values())
-    return {"workers": workers, "threads_per_worker": max(1, (os.cpu_count() or 2) // workers),
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    per_core = summary["docs_out"] / extract_seconds / threads  # a part runs on one worker's `threads` cores
+    per_cpu_second = summary["docs_out"] / (wall * workers * threads)  # everything: start-up, prepare, aggregate
+    return {"workers": workers, "threads_per_worker": threads,
+            "extract_docs_per_s_per_core": round(per_core, 2),
+            "docs_per_cpu_second_whole_flow": round(per_cpu_second, 2),
+            "pubmed_core_hours_extract_only": round(PUBMED_ABSTRACTS / per_core / 3600),
+            "pubmed_core_hours_whole_flow": round(PUBMED_ABSTRACTS / per_cpu_second / 3600),
             "documents": summary["docs_in"], "parts": summary["parts"], "triples": summary["triples"],
             "prepare_docs_per_s_per_input_process": round(summary["docs_in"] / prepare_seconds, 1),
             "extract_docs_per_s_summed_over_parts": round(summary["docs_out"] / extract_seconds, 2),
@@ -117,22 +144,30 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--part-docs", type=int, default=250)
     ap.add_argument("--work", default="runs/bench_extract")
+    ap.add_argument("--inputs", nargs="+", help="real input files (e.g. the CDR PubTator sets: CDR-shaped "
+                                                "abstracts) instead of the generated archives")
     args = ap.parse_args()
     root = Path(args.work)
-    urls = make_archives(root / "inputs", args.docs)
+    urls = [str(Path(u).resolve()) for u in args.inputs] if args.inputs else make_archives(root / "inputs", args.docs)
     model = args.model or default_model(root)
+    shape = input_shape(urls, model)
+    print(f"inputs: {shape['documents']} documents, {shape['mean_subword_tokens']} subword tokens and "
+          f"{shape['mean_entities']} entities per document; model {'given' if args.model else 'untrained heads'}",
+          flush=True)
     plan = planning_time(root)
     print(f"planning {plan['parts']} parts from 20 manifests: {plan['seconds']} s", flush=True)
     rows = [run(urls, model, root / f"out_w{n}", n, args.part_docs) for n in args.workers]
     print(f"{'workers':>8} {'threads':>7} {'docs':>6} {'parts':>6} {'prepare docs/s':>15} {'extract docs/s':>15} "
-          f"{'flow s':>8} {'flow docs/s':>12}")
+          f"{'flow s':>8} {'flow docs/s':>12} {'docs/CPU-s':>11} {'PubMed core-h':>14}")
     for r in rows:
         print(f"{r['workers']:>8} {r['threads_per_worker']:>7} {r['documents']:>6} {r['parts']:>6} "
               f"{r['prepare_docs_per_s_per_input_process']:>15} {r['extract_docs_per_s_summed_over_parts']:>15} "
-              f"{r['flow_wall_seconds']:>8} {r['flow_docs_per_s']:>12}")
-    out = Path(__file__).parent / "results" / "extract.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().nodename,
-                               "cpus": os.cpu_count(), "planning": plan, "runs": rows}, indent=1))
+              f"{r['flow_wall_seconds']:>8} {r['flow_docs_per_s']:>12} {r['docs_per_cpu_second_whole_flow']:>11} "
+              f"{r['pubmed_core_hours_whole_flow']:>14}")
+    out = Path(__file__).parent / "results" / ("extract_cdr.json" if args.inputs else "extract.json")
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+                               "model": "given" if args.model else "untrained heads", "inputs": shape,
+                               "planning": plan, "runs": rows}, indent=1))
     print(f"wrote {out}")
 
 

@@ -381,3 +381,16 @@ def test_cli_missing_credentials_is_one_line(s3_endpoint, monkeypatch, capsys):
     assert err == ("error: s3://some-bucket/cdr.pubtator: no object-store credentials (set AWS_ACCESS_KEY_ID and "
                    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an IAM role)\n")
     assert "testing" not in err
+
+
+def test_cli_errors_name_the_file_that_is_wrong(tmp_path, capsys):
+    """A tokenize target that cannot hold a dataset, and a broken extraction plan, are named as such."""
+    fixture = str(Path(__file__).parent / "fixtures" / "cdr_sample.data")
+    (tmp_path / "a-file").write_text("x")
+    target = str(tmp_path / "a-file" / "out")
+    assert main(["data", "tokenize", fixture, target, "--relations", "cdr"]) == 2
+    assert f"{target}: cannot write the tokenized dataset there (Not a directory)" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_plan.json").write_text("{broken")
+    assert main(["aggregate", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'out' / '_plan.json'}: not valid JSON (line 1, column 2" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .commands import (add_data_commands, add_extract_commands, add_input_flags, add_model_commands, print_counts,
@@ -39,7 +40,12 @@ def _data_tokenize(args: argparse.Namespace) -> None:
     cfg = TokenizeConfig(encoder=args.encoder, relations=args.relations, format=args.format,
                          passages=args.passages, concepts=args.concepts,
                          unlinked="keep" if args.keep_unlinked else "drop")
-    m = tokenize_to_parquet(args.inputs, args.out, cfg, lenient=not args.strict)
+    try:
+        m = tokenize_to_parquet(args.inputs, args.out, cfg, lenient=not args.strict)
+    except (NotADirectoryError, PermissionError, IsADirectoryError) as e:
+        if not os.path.abspath(str(e.filename or "")).startswith(os.path.abspath(args.out)):
+            raise  # an input's problem: its own message names it
+        raise OSError(f"{args.out}: cannot write the tokenized dataset there ({e.strerror})") from None
     state = "reused cached tokenization" if m.reused else f"tokenized in {m.seconds:.1f} s"
     rate = f" ({m.documents / m.seconds:.1f} docs/s)" if not m.reused and m.seconds else ""
     print(f"{args.out}: {state}{rate}: {m.documents} documents, {m.quarantined} quarantined, "

@@ -77,7 +77,11 @@ def read_text(url: str) -> str:
 
 
 def read_json(url: str) -> Any:
-    return json.loads(read_bytes(url))
+    """The JSON object at `url`; a broken file names itself (a plan, a manifest, a marker)."""
+    try:
+        return json.loads(read_bytes(url))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{redact_url(url)}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
 def list_files(url: str, prefix: str = "", suffix: str = "") -> list[str]:
