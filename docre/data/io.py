@@ -39,7 +39,7 @@ from .document import (Document, DocumentError, RelationInventory, cdr_inventory
                        keep_entity_types)
 from .pubmed import ConceptIndex, concept_index_for, read_pubmed
 from .pubtator import read_pubtator
-from .streams import SalvagingReader, iter_lines, open_binary, open_text
+from .streams import SalvagingReader, iter_lines, open_binary
 from .tarstream import is_data_member, iter_tar
 
 Format = Literal["docred", "pubtator", "atlop", "bioc_xml", "bioc_json", "pubmed"]
@@ -59,6 +59,13 @@ class Quarantined:
     @staticmethod
     def of(err: DocumentError, count: int = 1) -> "Quarantined":
         return Quarantined(err.source, err.where, err.problem, getattr(err, "count", count))
+
+
+def refuse(err: DocumentError, quarantine: list[Quarantined] | None) -> None:
+    """Strict mode (no quarantine list) stops at the first bad document; lenient mode records it and goes on."""
+    if quarantine is None:
+        raise err
+    quarantine.append(Quarantined.of(err))
 
 
 @dataclass
@@ -148,11 +155,9 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
         for doc in docs:
             if source != url:
                 if doc.id in seen and seen[doc.id] != source:
-                    err = DocumentError(source, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
-                                                                        f"(already read from {seen[doc.id]})")
-                    if quarantine is None:
-                        raise err
-                    quarantine.append(Quarantined.of(err))
+                    refuse(DocumentError(source, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
+                                                                         f"(already read from {seen[doc.id]})"),
+                           quarantine)
                     continue
                 seen[doc.id] = source
             if inventory is not None and options.unknown_relations == "ignore":
@@ -168,16 +173,12 @@ def read_documents(url: str, format: Format | None = None, inventory: RelationIn
         except StopIteration:
             return
         except DocumentError as err:
-            if quarantine is None:
-                raise
-            quarantine.append(Quarantined.of(err))
+            refuse(err, quarantine)
             return
         try:  # _read_one turns a broken byte stream into a DocumentError naming the file
             yield from post(_read_one(source, member, format, check, quarantine, options, counts, deleted), source)
         except DocumentError as err:
-            if quarantine is None:
-                raise
-            quarantine.append(Quarantined.of(err))
+            refuse(err, quarantine)
 
 
 NOT_DATA_MEMBERS = "archive members skipped (not data: licence, read-me, checksum)"

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .pretrained import DEFAULT_ENCODER, load_tokenizer, vocab_hash
 from .document import Document, DocumentError, RelationInventory
-from .io import Quarantined, checksum, load_inventory, read_documents
+from .io import Quarantined, checksum, load_inventory, read_documents, refuse
 
 SCHEMA_VERSION = 1
 
@@ -244,11 +244,8 @@ def _read_all(inputs: list[str], cfg: TokenizeConfig, inventory: RelationInvento
     for url in inputs:
         for doc in read_documents(url, cfg.format, inventory, quarantine, cfg.read_options()):
             if doc.id in seen:  # across files: ids must stay unique within one dataset
-                err = DocumentError(url, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
-                                                                 f"(already read from an earlier input)")
-                if quarantine is None:
-                    raise err
-                quarantine.append(Quarantined.of(err))
+                refuse(DocumentError(url, f"document {doc.id!r}", f"duplicate document id {doc.id!r} "
+                                                              f"(already read from an earlier input)"), quarantine)
                 continue
             seen.add(doc.id)
             yield doc

@@ -3,10 +3,15 @@
     inputs --prepare (each raw file streamed once)--> tokenized parts --extract (one task per part)-->
     triples with provenance --aggregate--> a knowledge graph (one row per head id, relation, tail id)
 
-* `plan` lists inputs and turns prepare manifests into `Part`s: O(parts), never O(documents).
-* `prepare` streams one input into Parquet parts of `part_docs` documents (resumable, idempotent).
+An output (`out_url`) is a growing, ordered set of inputs: a PubMed baseline in one run, then an update
+file a day. Its `_plan.json` lists them in rank order; every count and the graph cover all of them.
+
+* `plan` lists inputs, keeps the output's ordered set (`new_inputs`, `extend_plan`: inputs out of
+  number order, or another preparation, are refused) and turns prepare manifests into `Part`s: O(parts).
+* `prepare` streams one input into Parquet parts of `part_docs` documents (resumable, idempotent), and
+  `entity_coverage` says whether the model can score the inputs' entity types at all.
 * `run` extracts and commits one part; `summarize` gives exact totals (documents in = out + quarantined).
-* `aggregate` applies PubMed revisions and deletions and builds the graph.
+* `aggregate` applies PubMed revisions and deletions, marks which triples are live, builds the graph.
 
 The Prefect tasks in ``tasks/extract.py`` call these functions; so can a plain script or a test.
 Models are published and loaded by `docre.registry.store`; storage helpers live in `docre.registry.storage`.
