@@ -410,3 +410,22 @@ def test_cli_tokenize_from_s3_into_s3(tmp_path, tiny_encoder, s3_bucket):
                  "--encoder", tiny_encoder, "--concepts", f"s3://{bucket}/bioconcepts2pubtator3.tsv"]) == 0
     m = read_manifest(out)
     assert (m.documents, m.quarantined) == (6, 0) and fs.exists(f"{bucket}/tok/data.parquet")
+
+
+def test_pubmed_versions_are_compared_across_read_batches():
+    """The versions of a PMID stand together in a file: a batch boundary between them must not let both
+    through; a repeat far away keeps the latest that was read and counts the other."""
+    import io as _io
+    from docre.data.pubmed import LATE_NEWER_VERSIONS, OLDER_VERSIONS, read_pubmed
+
+    def art(pmid, version, title):
+        return (f'<PubmedArticle><MedlineCitation><PMID Version="{version}">{pmid}</PMID><Article><ArticleTitle>'
+                f"{title}</ArticleTitle></Article></MedlineCitation></PubmedArticle>")
+    xml = ("<PubmedArticleSet>" + art(1, 1, "One.") + art(2, 1, "Two, first.") + art(2, 2, "Two, second.")
+           + art(3, 1, "Three.") + art(4, 1, "Four.") + art(3, 2, "Three, late.") + art(1, 1, "One again.")
+           + "</PubmedArticleSet>").encode()
+    counts: dict = {}
+    docs = list(read_pubmed(_io.BytesIO(xml), "f.xml", counts=counts, batch=2))
+    assert [(d.id, d.title) for d in docs] == [("1", "One."), ("2", "Two, second."), ("3", "Three."),
+                                               ("4", "Four."), ("3", "Three, late.")]
+    assert counts == {OLDER_VERSIONS: 2, LATE_NEWER_VERSIONS: 1}

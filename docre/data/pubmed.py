@@ -45,6 +45,7 @@ def _text(el) -> str:
 
 DELETED = "citations deleted (DeleteCitation PMIDs)"
 OLDER_VERSIONS = "older versions of a PMID dropped (the latest Version is read)"
+LATE_NEWER_VERSIONS = "newer versions of a PMID read far after an older one already read (both kept)"
 UNMATCHED_CONCEPTS = "concept mentions never found in the text"
 
 
@@ -283,18 +284,28 @@ def read_pubmed(f: IO[bytes], source: str, concepts: ConceptIndex | None = None,
     """
     options = AssembleOptions(unlinked=unlinked)
     pending: list[Citation] = []
+    emitted: dict[str, int] = {}  # PMID -> Version already handed on, for repeats a batch apart
+
+    def count(key: str) -> None:
+        if counts is not None:
+            counts[key] = counts.get(key, 0) + 1
 
     def emit(cits: list[Citation]) -> Iterator[Document]:
         found = concepts.lookup(c.pmid for c in cits) if concepts is not None else {}
         latest: dict[str, Citation] = {}
         for c in cits:
+            if c.pmid in emitted and c.version <= emitted[c.pmid]:
+                count(OLDER_VERSIONS)
+                continue
+            if c.pmid in emitted:  # a newer Version far after the older one, which is already read
+                count(LATE_NEWER_VERSIONS)
             if c.pmid in latest:
-                if counts is not None:
-                    counts[OLDER_VERSIONS] = counts.get(OLDER_VERSIONS, 0) + 1
+                count(OLDER_VERSIONS)
                 if latest[c.pmid].version > c.version:
                     continue
             latest.pop(c.pmid, None)
             latest[c.pmid] = c
+        emitted.update((pmid, c.version) for pmid, c in latest.items() if pmid)
         for c in latest.values():
             try:
                 where = f"line {c.line}, document {c.pmid!r}"
@@ -324,8 +335,13 @@ def read_pubmed(f: IO[bytes], source: str, concepts: ConceptIndex | None = None,
                 continue
             pending.append(cit)
             if len(pending) >= batch:
-                yield from emit(pending)
-                pending = []
+                # the versions of a PMID stand together in PubMed files: keep the last PMID's run for the next
+                # batch, so its versions are compared with each other and only the latest is read
+                cut = len(pending) - 1
+                while cut > 0 and pending[cut - 1].pmid == pending[-1].pmid:
+                    cut -= 1
+                yield from emit(pending[:cut] if cut else pending)
+                pending = pending[cut:] if cut else []
     except DocumentError as err:
         yield from emit(pending)
         pending = []
