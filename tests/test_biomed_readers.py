@@ -429,3 +429,27 @@ def test_pubmed_versions_are_compared_across_read_batches():
     assert [(d.id, d.title) for d in docs] == [("1", "One."), ("2", "Two, second."), ("3", "Three."),
                                                ("4", "Four."), ("3", "Three, late.")]
     assert counts == {OLDER_VERSIONS: 2, LATE_NEWER_VERSIONS: 1}
+
+
+@pytest.mark.parametrize("shape", ["collection", "pubtator3_api", "list"])
+def test_truncated_bioc_json_keeps_the_documents_before_the_cut(tmp_path, shape):
+    import json as _json
+    from docre.data.bioc import write_bioc_json
+    from docre.data.document import cdr_inventory
+    from docre.data.io import read_documents
+    from conftest import FIXTURES
+    docs = list(read_documents(str(FIXTURES / "cdr_sample.data"), inventory=cdr_inventory(), quarantine=[]))[:3]
+    collection = _json.loads(write_bioc_json(docs, [], "v1"))
+    value = {"collection": collection, "pubtator3_api": {"PubTator3": collection["documents"]},
+             "list": collection["documents"]}[shape]
+    text = _json.dumps(value, indent=1)
+    third = text.index(f'"id": {_json.dumps(collection["documents"][2]["id"])}')
+    path = tmp_path / "cut.json"
+    path.write_text(text[:third + 40])  # inside the third document
+    quarantine = []
+    got = list(read_documents(str(path), "bioc_json", cdr_inventory(), quarantine))
+    assert [d.id for d in got] == [d.id for d in docs[:2]]
+    assert len(quarantine) == 1 and "truncated" in quarantine[0].reason
+    path.write_text(text)  # whole: all three, nothing quarantined
+    assert len(list(read_documents(str(path), "bioc_json", cdr_inventory(), quarantine := []))) == 3
+    assert quarantine == []

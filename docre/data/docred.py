@@ -78,21 +78,24 @@ def _json_error(source: str, text: str, e: json.JSONDecodeError, skipped: int, w
     return err
 
 
-def _array_elements(text: str, source: str, skipped: int) -> Iterator[tuple[str, object]]:
+def array_elements(text: str, source: str, skipped: int = 0, start: int | None = None,
+                   then: str = "") -> Iterator[tuple[str, object]]:
     """(where, element) of a JSON array, one element at a time.
 
     A truncated or broken array keeps every element before the break; the
     break itself raises one DocumentError for the element it is in. An element
     with bytes that are not UTF-8 comes back as a DocumentError in place of the
-    element, so only that document is refused.
+    element, so only that document is refused. `start` is the array's ``[``
+    (default: the first in `text`); `then` is what may follow its ``]`` (the
+    rest of an enclosing object), else only white space may.
     """
     decoder = json.JSONDecoder()
-    i, n = text.index("[") + 1, 0
+    i, n = (text.index("[") if start is None else start) + 1, 0
     while True:
         while i < len(text) and text[i] in " \t\r\n":
             i += 1
         if i < len(text) and text[i] == "]":
-            if text[i + 1:].strip():
+            if text[i + 1:].strip() and not text[i + 1:].lstrip().startswith(then or "\0"):
                 raise DocumentError(source, f"line {_line_of(text, i + 1, skipped)}",
                                     "invalid JSON: extra data after the array")
             return
@@ -160,7 +163,7 @@ def _records(lines: Iterable[str], source: str, on_error) -> Iterator[tuple[str,
         except DocumentError as err:  # the byte stream broke: read what arrived, then say where it broke
             broken = err
         try:
-            yield from _array_elements("".join(parts), source, skipped)
+            yield from array_elements("".join(parts), source, skipped)
         except DocumentError as err:
             if broken is None or not getattr(err, "syntax", False):
                 raise

@@ -34,7 +34,7 @@ import fsspec
 
 from .atlop import read_atlop
 from .bioc import iter_bioc_json, iter_bioc_xml, read_bioc
-from .docred import read_docred, read_rel_info
+from .docred import array_elements, read_docred, read_rel_info
 from .document import (Document, DocumentError, RelationInventory, cdr_inventory, drop_unknown_relations,
                        keep_entity_types)
 from .pubmed import ConceptIndex, concept_index_for, read_pubmed
@@ -296,7 +296,7 @@ def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inve
             yield from read_bioc(iter_bioc_xml(stream, source, counts), source, inventory, options.passages,
                                  options.unlinked, lenient, counts)
         elif fmt == "bioc_json":
-            yield from read_bioc(iter_bioc_json(_load_json(stream, source), source), source, inventory,
+            yield from read_bioc(_bioc_json_records(stream, source), source, inventory,
                                  options.passages, options.unlinked, lenient, counts)
         elif fmt == "pubmed":
             index = ConceptIndex(concept_index_for(options.concepts)) if options.concepts else None
@@ -320,22 +320,44 @@ def _read_one(source: str, member: IO[bytes] | None, format: Format | None, inve
         raise cut
 
 
-def _load_json(f: IO[bytes], source: str):
-    """A whole JSON file; an error names the line and column, and a truncated file says so."""
+def _json_text(f: IO[bytes], source: str) -> str:
     data = f.read()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise DocumentError(source, f"line {line}, byte {e.start}", f"not valid UTF-8 (0x{data[e.start]:02x})") \
             from None
+
+
+def _json_syntax(source: str, text: str, e: json.JSONDecodeError) -> DocumentError:
+    cut = " (the file is truncated)" if e.pos >= len(text.rstrip()) else ""
+    err = DocumentError(source, f"line {e.lineno}, column {e.colno}", f"invalid JSON{cut}: {e.msg}")
+    err.syntax = True  # where the bytes broke, this is the cut's doing
+    return err
+
+
+_BIOC_DOCUMENTS = re.compile(r'"(?:documents|PubTator3)"\s*:\s*\[')
+
+
+def _bioc_json_records(f: IO[bytes], source: str) -> Iterator[dict]:
+    """BioC JSON documents (a collection, the PubTator3 API object, a list). A truncated or broken file keeps
+    the documents before the break, read one element at a time; the break is one error, raised last."""
+    text = _json_text(f, source)
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        cut = " (the file is truncated)" if e.pos >= len(text.rstrip()) else ""
-        err = DocumentError(source, f"line {e.lineno}, column {e.colno}", f"invalid JSON{cut}: {e.msg}")
-        err.syntax = True  # where the bytes broke, this is the cut's doing
-        raise err from None
+        found = _BIOC_DOCUMENTS.search(text)
+        bare = text.lstrip().startswith("[")
+        if found is None and not bare:
+            raise _json_syntax(source, text, e) from None
+        start = found.end() - 1 if found else len(text) - len(text.lstrip())
+        for _, element in array_elements(text, source, 0, start, then="}" if found else ""):
+            if isinstance(element, DocumentError):
+                raise element
+            yield element
+        raise _json_syntax(source, text, e) from None  # the break lies after the documents
+    yield from iter_bioc_json(data, source)
 
 
 def load_inventory(spec: str | None, docs: Iterable[Document] = ()) -> RelationInventory:
