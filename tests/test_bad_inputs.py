@@ -231,7 +231,7 @@ CASES = [
          counts={"relations without a mention in the text": 1}),
     # ---- BioC JSON
     Case("bioc-json-truncated", "a.json", b(json.dumps({"PubTator3": [{"_id": "1|None", "passages": []}]}))[:-5], 1,
-         [], [("a.json", "line 1, column 46", "invalid JSON (the file is truncated): ")]),
+         [], [("a.json", "line 1, document 0", "invalid JSON (truncated file): ")]),  # the document it cuts
     Case("bioc-json-not-a-collection", "a.bioc.json", b('{"documents": 5}'), 1, [],
          [("a.bioc.json", "top level", "'documents' must be a list, got int")]),
     Case("bioc-json-document-not-object", "a.json", b('{"documents": [7, {"id": "2", "passages": []}]}'), 2, [],
