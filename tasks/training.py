@@ -39,7 +39,8 @@ def _inject_fault(stage: int, epoch: int, run_dir: str) -> None:
 
 
 @task(name="train-stage", task_run_name="train-stage-{stage}", cache_policy=NO_CACHE)
-def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progress_every: int = 20) -> StageResult:
+def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progress_every: int = 20,
+                nproc: int | None = None) -> StageResult:
     """One DocRE-II stage via `docre.training.train.train`, resuming from saved state.
 
     The state lives in cfg.out_dir/stage<n> (local) and, with `work_url`, is
@@ -49,8 +50,16 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
     over. Progress: a progress artifact updated every `progress_every` batches
     (epoch, step, loss, docs/s) and one log line per epoch. The device follows
     cfg.device ("auto": CUDA when this worker has a GPU).
+
+    Data parallel: `nproc` (or cfg.nproc) > 1 runs the stage as that many torchrun processes on
+    this worker, one GPU each with NCCL (gloo on CPU); rank 0 writes the state, so pushing it and
+    the per-epoch reporting work as with one process (per-step progress stays in the processes'
+    own log lines). infra/k8s-multi-gpu-job-template.json is a work-pool job template for such a
+    worker.
     """
     logger = get_run_logger()
+    if nproc:
+        cfg = cfg.model_copy(update={"nproc": nproc})
     sc = cfg.stage1 if stage == 1 else cfg.stage2
     stage_dir = Path(cfg.out_dir) / f"stage{stage}"
     stage_url = f"{work_url.rstrip('/')}/stage{stage}" if work_url else None
@@ -58,8 +67,8 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
         restored = store.pull_stage_state(stage_url, stage_dir)
         if restored is not None:
             logger.info("stage %d: resumed from %s after epoch %d", stage, lib.redact_url(stage_url), restored + 1)
-    logger.info("stage %d: %d epochs on %s (precision %s), output %s", stage, sc.epochs, resolve_device(cfg.device),
-                cfg.precision, cfg.out_dir)
+    logger.info("stage %d: %d epochs on %s (precision %s, %d process%s), output %s", stage, sc.epochs,
+                resolve_device(cfg.device), cfg.precision, cfg.nproc, "" if cfg.nproc == 1 else "es", cfg.out_dir)
     progress_id = create_progress_artifact(0.0, key=f"docre-train-stage-{stage}",
                                            description=f"DocRE-II stage {stage}: starting")
     best_file = stage_dir / "best" / "model.safetensors"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from docre.cli import main
-from docre.data.document import DocumentError, RelationInventory, cdr_inventory
-from docre.data.io import NOT_DATA_MEMBERS, ReadOptions, read_documents
+from docre.data.document import DocumentError, cdr_inventory
+from docre.data.io import NOT_DATA_MEMBERS, read_documents
 from docre.data.pubmed import DELETED, OLDER_VERSIONS
 from docre.data.xmlstream import RESOLVED, UNRESOLVED
 

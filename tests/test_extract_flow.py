@@ -153,7 +153,6 @@ def test_baseline_then_update_in_two_runs_and_a_model_that_sees_nothing(prefect_
     """The daily path: the archive and the baseline in one run, the update file alone in the next, into one
     output: the same graph and live triples as one run over all three (the first test's output). A model
     for other entity types fails at once, by name, instead of ending green with zero triples."""
-    import polars as pl
     from flows.extract import docre_extract
     one = f"s3://{BUCKET}/pt3-out/local/v1"  # test_prepare_extract_aggregate_on_a_local_cluster's output
     two = f"s3://{BUCKET}/pt3-out/daily/{{model_version}}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from docre.data.batch import collate
+from docre.data.batch import collate, training_batches
 from docre.data.document import cdr_inventory
 from docre.data.tokenize import TokenizeConfig, read_parquet_rows, tokenize_to_parquet
 from docre.model.docre_ii import DocREModel, ModelConfig
@@ -41,7 +41,7 @@ def config(dataset: str, tiny_encoder: str, out_dir: Path, **kw) -> TrainConfig:
                 stage1=StageConfig(epochs=2, batch_size=2, lr_encoder=1e-3, lr_head=1e-3),
                 stage2=StageConfig(epochs=1, batch_size=2, lr_encoder=1e-4, lr_head=1e-3),
                 model=dict(MODEL, encoder=tiny_encoder), eval_iterations=[0, 1, 2], device="cpu",
-                progress=False, seed=7)
+                progress=False, seed=7, threads=1)
     return TrainConfig(**(base | kw))
 
 
@@ -147,9 +147,11 @@ def test_resume_matches_an_uninterrupted_run(dataset, tiny_encoder, tmp_path, st
     assert [h["dev"]["K0"] for h in second.history] == [h["dev"]["K0"] for h in full.history]
     assert second.best_f1 == full.best_f1
     assert_same_weights(resumed_model, straight)
-    # 3 documents in batches of 2: 2 optimizer steps per epoch
+    # 3 documents in batches of at most 2 whose padding stays within 10%: the fixture's lengths differ
+    # by more, so 3 batches, 3 optimizer steps per epoch
     state = json.loads((tmp_path / "resumed" / f"stage{stage}" / "last" / "state.json").read_text())
-    assert state["scheduler"]["last_epoch"] == 4
+    assert len(training_batches(split[0], 2, True, seed=1, max_tokens=cfg.max_tokens, max_padding=0.1)) == 3
+    assert state["scheduler"]["last_epoch"] == 6
     # a finished stage resumes to nothing
     again = train_stage(cfg, stage, resumed_model, split, split)
     assert again.history == second.history
@@ -260,7 +262,9 @@ def test_gradient_accumulation_equals_a_larger_batch(dataset, tiny_encoder, tmp_
     split = (examples, docs)
     big = dict(stage1=StageConfig(epochs=1, batch_size=2, grad_accum=1, lr_encoder=1e-3, lr_head=1e-3))
     small = dict(stage1=StageConfig(epochs=1, batch_size=1, grad_accum=2, lr_encoder=1e-3, lr_head=1e-3))
-    model_a, grads_a = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "a", **big), split, monkeypatch)
+    # max_padding: the two documents' lengths differ by more than 10%; this test wants them in one batch
+    model_a, grads_a = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "a", max_padding=10.0, **big),
+                                           split, monkeypatch)
     model_b, grads_b = run_recording_grads(config(dataset, tiny_encoder, tmp_path / "b", **small), split,
                                            monkeypatch)
     assert len(grads_a) == len(grads_b) == 1  # one optimizer step each

@@ -42,14 +42,22 @@ def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> N
 
 
 def _train(args: argparse.Namespace) -> None:
+    import os
+    import sys
+    # OpenMP reads its wait policy once, when torch loads: passive waiting keeps idle threads from
+    # spinning on cores another process needs (issue 27); an explicit setting in the environment wins
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..training.train import TrainConfig, train
     cfg = TrainConfig.from_yaml(args.config)
-    updates = {k: v for k, v in {"out_dir": args.out_dir, "device": args.device}.items() if v}
+    updates = {k: v for k, v in {"out_dir": args.out_dir, "device": args.device, "nproc": args.nproc,
+                                 "threads": args.threads}.items() if v}
     if args.stages:
         updates["stages"] = [int(s) for s in args.stages.split(",")]
     results = train(cfg.model_copy(update=updates))
-    for r in results:
-        print(f"stage {r.stage}: best dev F1 {r.best_f1 * 100:.2f} -> {r.best_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for r in results:
+            print(f"stage {r.stage}: best dev F1 {r.best_f1 * 100:.2f} -> {r.best_dir}")
 
 
 def load_model(model_url: str, device: str):
@@ -199,6 +207,11 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir")
     p.add_argument("--stages", help="e.g. 1 or 1,2 (default: from the config)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: auto)")
+    p.add_argument("--nproc", type=int, help="data-parallel processes on this machine, launched with torchrun "
+                                             "(gloo on CPU, NCCL with one GPU each); `torchrun ... -m docre.cli "
+                                             "train` works too")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: the CPUs available, "
+                                               "split among processes, fewer when other work keeps cores busy)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="F1 / Ign F1 / intra / inter / infer at each iteration K")

@@ -219,3 +219,59 @@ def prediction_batches(examples: list[Example], batch_size: int = 8, max_tokens:
             break
         chunk *= 2
     return [[examples[i] for i in b] for b in best[1]]
+
+
+# ---------------------------------------------------------------------------------------------- training
+def training_batches(examples: list[Example], batch_size: int, shuffle: bool, seed: int = 0,
+                     max_tokens: int | None = None, max_padding: float = 0.1, world_size: int = 1,
+                     chunk_batches: int = 50) -> list[list[Example]]:
+    """Training batches of at most `batch_size` documents under a token budget and a padding bound.
+
+    Documents are shuffled (when training) and cut into chunks of `chunk_batches` x `batch_size`;
+    each chunk is sorted by length and cut greedily, a batch closing before a document would make
+    its padded tokens (batch size x longest) exceed ``(1 + max_padding)`` x its real tokens, or
+    exceed `max_tokens`. So batches vary between epochs but padding stays under `max_padding` of
+    the real tokens (measure with `padding_stats`); a batch may hold fewer than `batch_size`
+    documents where lengths jump.
+
+    For `world_size` ranks of data-parallel training the batches come in groups of `world_size`
+    consecutive batches cut from the same length bucket (rank r takes the r-th of each group, so
+    ranks that step together do similar work), and the number of batches is a multiple of
+    `world_size` (so every rank steps the same number of times): the largest batches are split in
+    two until it is, and only if no batch can be split (fewer documents than ranks) are the last
+    few left out of this epoch. Groups are shuffled, not batches within a group.
+    Deterministic for a seed; with world_size 1 every example appears exactly once."""
+    if not examples:
+        return []
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    if shuffle:
+        rng.shuffle(order)
+    else:
+        order.sort(key=lambda i: len(examples[i].input_ids))
+    lengths = [len(e.input_ids) for e in examples]
+    limit = 1.0 + max_padding
+    chunk = max(1, chunk_batches * batch_size)
+    batches: list[list[int]] = []
+    for c in range(0, len(order), chunk):
+        cur: list[int] = []
+        tok = 0
+        for i in sorted(order[c:c + chunk], key=lambda i: (lengths[i], i)):  # ascending: the newcomer is longest
+            if cur and (len(cur) >= batch_size or (len(cur) + 1) * lengths[i] > limit * (tok + lengths[i])
+                        or (max_tokens and (len(cur) + 1) * lengths[i] > max_tokens)):
+                batches.append(cur)
+                cur, tok = [], 0
+            cur.append(i)
+            tok += lengths[i]
+        batches.append(cur)
+    while len(batches) % world_size:
+        big = max(range(len(batches)), key=lambda j: len(batches[j]))
+        if len(batches[big]) < 2:
+            batches = batches[:len(batches) - len(batches) % world_size]
+            break
+        b = batches.pop(big)
+        batches[big:big] = [b[:len(b) // 2], b[len(b) // 2:]]
+    groups = [batches[g:g + world_size] for g in range(0, len(batches), world_size)]
+    if shuffle:
+        rng.shuffle(groups)
+    return [[examples[i] for i in b] for g in groups for b in g]

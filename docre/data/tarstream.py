@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from typing import IO, Iterator
+from typing import Iterator
 
 from .document import DocumentError
 from .streams import MemberCut, SalvagingReader, stream_error

@@ -171,28 +171,40 @@ class BaseModule(nn.Module):
         """F_0 from z = [tanh(W_s[h_s, c]), tanh(W_o[h_o, c])] (eq. 2-3): the paper's FNN or the group bilinear."""
         return self.pair_fnn(z) if hasattr(self, "pair_fnn") else self.bilinear(z)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                mention_pos: list[list[list[int]]]) -> BaseOutput:
-        hidden, attention = self.encoder(input_ids, attention_mask)
-        B = input_ids.shape[0]
-        n_max = max(1, max(len(m) for m in mention_pos))
-        ents, ctxs = [], []
-        for b in range(B):
-            e, a = entity_embeddings(hidden[b], attention[b], mention_pos[b], n_max)
-            ents.append(e)
-            ctxs.append(localized_context(hidden[b], a))
-        ent = torch.stack(ents)  # [B, N, D]
-        ctx = torch.stack(ctxs)  # [B, N, N, D]
-        heads = ent[:, :, None].expand(-1, -1, n_max, -1)
-        tails = ent[:, None, :].expand(-1, n_max, -1, -1)
-        zs = torch.tanh(self.head_extractor(torch.cat([heads, ctx], -1)))
-        zo = torch.tanh(self.tail_extractor(torch.cat([tails, ctx], -1)))
-        features = self.pair_features(torch.cat([zs, zo], -1))
-        logits = linear_fp32(self.classifier, features)  # float32 under any autocast
-        mask = torch.zeros(B, n_max, dtype=torch.bool, device=input_ids.device)
-        for b, m in enumerate(mention_pos):
-            mask[b, :len(m)] = True
-        return BaseOutput(features, logits, mask)
+    def pair_head(self, ent: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 2-4 for every ordered pair, differentiable: ent [B, N, D], ctx [B, N, N, D] ->
+        (F_0 [B, N, N, d], logits [B, N, N, R]).
+
+        ``W_s [h_s, c_so] + b_s = (W_s^e h_s + b_s) + W_s^c c_so`` (likewise W_o): the entity halves
+        are computed per entity (N rows, not N^2) and broadcast over the grid, the context halves of
+        W_s and W_o run as one matmul, and nothing of size [B, N, N, 2D] is concatenated. The same
+        split `BaseHeadPlan` makes at prediction time, here on the live weights."""
+        D = ent.shape[-1]
+        E = self.head_extractor.out_features
+        w_s, w_o = self.head_extractor.weight, self.tail_extractor.weight
+        e_s = nn.functional.linear(ent, w_s[:, :D], self.head_extractor.bias)  # [B, N, E]: W_s^e h_s + b_s
+        e_o = nn.functional.linear(ent, w_o[:, :D], self.tail_extractor.bias)  # [B, N, E]: W_o^e h_o + b_o
+        z = nn.functional.linear(ctx, torch.cat([w_s[:, D:], w_o[:, D:]]))  # [B, N, N, 2E]: W^c c_so
+        z_s = torch.tanh(z[..., :E] + e_s[:, :, None])  # eq. 2: head s = row
+        z_o = torch.tanh(z[..., E:] + e_o[:, None, :])  # eq. 3: tail o = column
+        features = self.pair_features(torch.cat([z_s, z_o], -1))  # FNN of eq. 2-3 -> F_0
+        return features, linear_fp32(self.classifier, features)  # eq. 4, float32 under any autocast
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_tokens: torch.Tensor,
+                mention_entity: torch.Tensor, mention_slot: torch.Tensor, mention_valid: torch.Tensor,
+                entity_mask: torch.Tensor) -> BaseOutput:
+        """Eq. 1-4 for a batch (training and the reference `iteration_logits`), one batched path with
+        no per-document, per-entity or per-window autograd work: last-layer attention only at the
+        mention start markers ([B, M, H, T], not [B, H, T, T]), entity pooling and localized context
+        by gather / index_add over the whole batch, the pair head split by linearity (`pair_head`).
+        Mentions come as `collate`'s padded [B, M] tensors; entity_mask [B, N]."""
+        n_max = entity_mask.shape[1]
+        hidden, rows_att = self.encoder.encode_rows(input_ids, attention_mask, mention_tokens)
+        ent, ent_att = batched_entity_embeddings(hidden, rows_att, mention_tokens, mention_entity, mention_slot,
+                                                 mention_valid, n_max)
+        ctx = batched_localized_context(hidden, ent_att)  # eq. 1
+        features, logits = self.pair_head(ent, ctx)
+        return BaseOutput(features, logits, entity_mask)
 
     def predict_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_tokens: torch.Tensor,
                         mention_entity: torch.Tensor, mention_slot: torch.Tensor, mention_valid: torch.Tensor,

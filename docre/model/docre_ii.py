@@ -21,7 +21,7 @@ from ..data.document import Document, RelationInventory
 from .base import BaseHeadPlan, BaseModule, BaseOutput
 from .encoder import WindowedEncoder, load_encoder
 from .inference import ExtendedCrossAttention, InferenceConfig, InferenceModule, pair_mask_from_entities
-from .losses import adaptive_threshold_loss, reversed_view, simclr_loss, simsiam_loss, threshold_decode
+from .losses import adaptive_threshold_loss, simclr_loss, simsiam_loss, threshold_decode
 from .noise import inject_noise, inject_noise_predicted, inject_noise_release, sample_noise_rate
 from .plan import InferencePlan
 
@@ -194,7 +194,8 @@ class DocREModel(nn.Module):
 
     # ----------------------------------------------------------------- forward passes
     def run_base(self, batch: Batch) -> BaseOutput:
-        return self.base(batch.input_ids, batch.attention_mask, batch.mention_pos)
+        return self.base(batch.input_ids, batch.attention_mask, batch.mention_tokens, batch.mention_entity,
+                         batch.mention_slot, batch.mention_valid, batch.entity_mask)
 
     def stage1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         """Stage 1 (Sec. 2.3): the base module alone, adaptive-threshold loss on candidate pairs."""
@@ -243,21 +244,30 @@ class DocREModel(nn.Module):
         second (reversed) view."""
         cfg = self.config
         with dropout_rate(self.base, cfg.stage2_base_dropout):
-            out = self.run_base(batch)
+            out = self.run_base(batch)  # F_0 once per batch: both views, R_0 and the base loss share it
         cand, labels, emask = batch.candidate_mask, batch.labels, out.entity_mask
         ids = self.relation_ids(out, batch)
         f0 = out.features
+        B = f0.shape[0]
         r_bar = self.inference.relation_matrix(self.noisy_relations(ids, cand, generator), emask)
-        logits_bar, m_bar = self.inference(f0, r_bar, emask)
+        if cfg.contrastive != "none":
+            # both views in one pass of the inference module, stacked on the batch axis: the normal view
+            # module(F_0, R_bar) and the reversed one module(R_hat, F_0) (Fig. 4, `losses.reversed_view`);
+            # every document is computed independently, so this is the two calls' result in one
+            r_hat = self.inference.relation_matrix(self.noisy_relations(ids, cand, generator), emask)
+            logits_2, m_2 = self.inference(torch.cat([f0, r_hat]), torch.cat([r_bar, f0]), torch.cat([emask, emask]))
+            logits_bar, m_bar = logits_2[:B], m_2[:B]
+            d = m_2.shape[-1] // 2
+            m_hat = torch.cat([m_2[B:, ..., d:], m_2[B:, ..., :d]], dim=-1)  # [X_r, X_f], as reversed_view
+        else:
+            logits_bar, m_bar = self.inference(f0, r_bar, emask)
         losses = {"loss_inference": adaptive_threshold_loss(logits_bar[cand], labels[cand])}
         if cfg.stage2_base_loss:
             losses["loss_base"] = adaptive_threshold_loss(out.logits[cand], labels[cand])
         if cfg.contrastive != "none":
-            r_hat = self.inference.relation_matrix(self.noisy_relations(ids, cand, generator), emask)
-            m_hat = reversed_view(self.inference, f0, r_hat, emask)
             pair_mask = pair_mask_from_entities(emask)
             if cfg.contrastive == "simsiam":
-                losses["loss_contrastive"] = simsiam_loss(self.inference.predictor, m_bar, m_hat, pair_mask)
+                losses["loss_contrastive"] = simsiam_loss(self.inference.predictor, m_bar, m_hat, pair_mask)  # eq. 14
             else:
                 losses["loss_contrastive"] = simclr_loss(m_bar, m_hat, pair_mask)
             if cfg.loss_weights == "release":

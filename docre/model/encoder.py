@@ -13,10 +13,15 @@ input hidden state and recompute that one layer's softmax(QK^T/sqrt(d)) from
 its own query/key projections; other architectures fall back to
 ``output_attentions=True``.
 
-Prediction (`encode_rows`) needs attention rows only at the mention start
-markers: forward hooks capture the last layer's own query/key projections
+Training and prediction (`encode_rows`) need attention rows only at the mention
+start markers: forward hooks capture the last layer's own query/key projections
 while the encoder runs (nothing is projected twice), and softmax(q K^T) is
 computed for those rows only, as `[B, M, H, T]` instead of `[B, H, T, T]`.
+Windows are cut by one gather and stitched back by `index_add` / `scatter_add`
+with index maps built once per batch (`window_plan`), so the backward pass does
+not allocate a full-size gradient per window slice (issue 27). `forward`, the
+full `[B, H, T, T]` map stitched slice by slice, is the reference the tests
+compare against.
 """
 from __future__ import annotations
 
@@ -151,73 +156,95 @@ class WindowedEncoder(nn.Module):
         scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
         return scores.softmax(-1).transpose(1, 2)
 
+    def window_plan(self, lengths: list[int], rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Index maps (plain integers, built once per batch, no autograd) that cut documents into windows
+        and stitch the windows' outputs back, for `encode_rows`.
+
+        lengths: each document's length; rows: each document's requested row positions (padding
+        included). Returns, for P windows of at most `width` tokens and at most `m_w` rows each:
+        `doc` [P] and `start` [P] (the document and its first content position, 0 for a whole
+        document), `ids_pos` [P, width] (the document position each window token reads, -1 for
+        [CLS]/[SEP]/padding), `pos` [P, width] (the document cell (b * T + t) each window position
+        adds to, or a dump cell), `local_rows` [P, m_w] (window positions of the rows), `row_dst`
+        [P, m_w] (the document row (b * M + r) each window row adds to, or a dump row)."""
+        T, M = max(lengths), len(rows[0]) if rows else 0
+        B = len(lengths)
+        owners = []
+        for i, n in enumerate(lengths):
+            for a, b in self.windows(n):
+                whole = (a, b) == (0, n)
+                mine = [(r, p if whole else p - a + 1) for r, p in enumerate(rows[i]) if a <= p < b]
+                owners.append((i, a, b, n, whole, mine))
+        width = max((n if whole else b - a + 2) for i, a, b, n, whole, _ in owners)
+        m_w = max(1, max(len(o[5]) for o in owners))
+        P = len(owners)
+        ids_pos = torch.full((P, width), -1, dtype=torch.long)
+        pos = torch.full((P, width), B * T, dtype=torch.long)  # B * T: the dump cell
+        local_rows = torch.zeros((P, m_w), dtype=torch.long)
+        row_dst = torch.full((P, m_w), B * M, dtype=torch.long)  # B * M: the dump row
+        special = torch.zeros((P, width), dtype=torch.long)  # 1: [CLS], 2: [SEP] of a cut window
+        for j, (i, a, b, n, whole, mine) in enumerate(owners):
+            if whole:
+                ids_pos[j, :n] = torch.arange(n)
+                pos[j, :n] = i * T + torch.arange(n)
+            else:
+                w = b - a
+                ids_pos[j, 1:w + 1] = torch.arange(a, b)
+                pos[j, 1:w + 1] = i * T + torch.arange(a, b)
+                special[j, 0], special[j, w + 1] = 1, 2
+                # a window's [CLS]/[SEP] states count for the document's own [CLS]/[SEP] only where the
+                # window touches that end, so every row stays a distribution and content keeps its [CLS] mass
+                if a == 1:
+                    pos[j, 0] = i * T
+                if b == n - 1:
+                    pos[j, w + 1] = i * T + n - 1
+            if mine:
+                local_rows[j, :len(mine)] = torch.as_tensor([lp for _, lp in mine])
+                row_dst[j, :len(mine)] = torch.as_tensor([i * M + r for r, _ in mine])
+        return {"ids_pos": ids_pos, "pos": pos, "local_rows": local_rows, "row_dst": row_dst,
+                "special": special, "doc": torch.as_tensor([o[0] for o in owners], dtype=torch.long)}
+
     def encode_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
                     lap=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `forward`, but the attention only at `rows` [B, M] (token positions, e.g. mention markers).
 
         Returns hidden [B, T, D] and attention rows [B, M, H, T]; for a windowed document a row is
-        the sum of its windows' rows, renormalised, exactly as `forward` builds the full map."""
+        the sum of its windows' rows, renormalised, exactly as `forward` builds the full map.
+        Differentiable, and the training path too: windows are cut by one gather and stitched back
+        by one `index_add` (hidden states) and one `scatter_add` + `index_add` (attention rows), so
+        the backward pass allocates each full-size gradient once, not once per window slice."""
         lengths = attention_mask.sum(1).tolist()
         if max(lengths) <= self.max_length:
             hidden, att = self._encode_rows(input_ids, attention_mask, rows, lap)
             if lap:
                 lap("attention")
             return hidden, att
-        pieces, owners = [], []
-        rows_list = rows.tolist()
-        for i, n in enumerate(lengths):
-            for a, b in self.windows(n):
-                whole = (a, b) == (0, n)
-                if whole:
-                    piece = input_ids[i, :n]
-                else:
-                    piece = torch.cat([input_ids.new_tensor([self.cls_id]), input_ids[i, a:b],
-                                       input_ids.new_tensor([self.sep_id])])
-                # rows of this document inside the window (the [CLS]/[SEP] rows are never mention rows)
-                mine = [(r, p if whole else p - a + 1) for r, p in enumerate(rows_list[i]) if a <= p < b]
-                pieces.append(piece)
-                owners.append((i, a, b, n, mine))
-        width = max(len(p) for p in pieces)
-        m_w = max(1, max(len(o[4]) for o in owners))
-        ids = input_ids.new_full((len(pieces), width), self.pad_id)
-        mask = torch.zeros_like(ids)
-        local_rows = torch.zeros((len(pieces), m_w), dtype=torch.long, device=input_ids.device)
-        for j, p in enumerate(pieces):
-            ids[j, :len(p)] = p
-            mask[j, :len(p)] = 1
-            if owners[j][4]:
-                local_rows[j, :len(owners[j][4])] = torch.as_tensor([lp for _, lp in owners[j][4]])
-        hidden_w, att_w = self._encode_rows(ids, mask, local_rows, lap)  # [P, width, D], [P, m_w, H, width]
+        device = input_ids.device
         B, T = input_ids.shape
-        H = att_w.shape[2]
-        hidden = hidden_w.new_zeros(B, T, hidden_w.shape[-1])
-        count = hidden_w.new_zeros(B, T, 1)
-        att = att_w.new_zeros(B, rows.shape[1], H, T)
-        for j, (i, a, b, n, mine) in enumerate(owners):
-            r_idx = torch.as_tensor([r for r, _ in mine], dtype=torch.long, device=att.device)
-            k = len(mine)
-            if (a, b) == (0, n):
-                hidden[i, :n] += hidden_w[j, :n]
-                count[i, :n] += 1
-                if k:
-                    att[i, r_idx, :, :n] += att_w[j, :k, :, :n]
-                continue
-            w = b - a
-            hidden[i, a:b] += hidden_w[j, 1:w + 1]
-            count[i, a:b] += 1
-            if k:
-                att[i, r_idx, :, a:b] += att_w[j, :k, :, 1:w + 1]
-            if a == 1:
-                hidden[i, 0] += hidden_w[j, 0]
-                count[i, 0] += 1
-                if k:
-                    att[i, r_idx, :, 0] += att_w[j, :k, :, 0]
-            if b == n - 1:
-                hidden[i, n - 1] += hidden_w[j, w + 1]
-                count[i, n - 1] += 1
-                if k:
-                    att[i, r_idx, :, n - 1] += att_w[j, :k, :, w + 1]
-        hidden = hidden / count.clamp(min=1)
+        M = rows.shape[1]
+        plan = {k: v.to(device) for k, v in self.window_plan(lengths, rows.tolist()).items()}
+        P, width = plan["pos"].shape
+        # the windows' token ids: one gather from the documents, then [CLS]/[SEP]/padding ids
+        src = input_ids[plan["doc"][:, None], plan["ids_pos"].clamp(min=0)]
+        special = plan["special"]
+        ids = torch.where(plan["ids_pos"] >= 0, src, torch.full_like(src, self.pad_id))
+        ids = torch.where(special == 1, torch.full_like(ids, self.cls_id), ids)
+        ids = torch.where(special == 2, torch.full_like(ids, self.sep_id), ids)
+        mask = ((plan["ids_pos"] >= 0) | (special > 0)).to(attention_mask.dtype)
+        hidden_w, att_w = self._encode_rows(ids, mask, plan["local_rows"], lap)  # [P, width, D], [P, m_w, H, width]
+        D, H, m_w = hidden_w.shape[-1], att_w.shape[2], att_w.shape[1]
+        # hidden: every window position adds to its document cell; overlaps are averaged
+        flat_pos = plan["pos"].view(-1)
+        hidden = hidden_w.new_zeros(B * T + 1, D).index_add(0, flat_pos, hidden_w.reshape(P * width, D))
+        count = torch.bincount(flat_pos, minlength=B * T + 1).to(hidden_w.dtype)
+        hidden = (hidden[:B * T] / count[:B * T].clamp(min=1)[:, None]).view(B, T, D)
+        # attention rows: columns to document positions (per window), then rows to document rows
+        col = (plan["pos"] - plan["doc"][:, None] * T).clamp(max=T)  # T: the dump column
+        cols = att_w.new_zeros(P, m_w, H, T + 1).scatter_add(
+            3, col[:, None, None, :].expand(P, m_w, H, width), att_w)
+        att = att_w.new_zeros(B * M + 1, H, T + 1).index_add(0, plan["row_dst"].view(-1),
+                                                              cols.view(P * m_w, H, T + 1))
+        att = att[:B * M, :, :T].view(B, M, H, T)
         att = att / (att.sum(-1, keepdim=True) + 1e-10)
         if lap:
             lap("attention")

@@ -9,7 +9,11 @@ one reading; each is a function here, chosen by ``ModelConfig.noise``:
   and as many NA pairs;
 * :func:`inject_noise_release` (``"release_gold"``): the authors' release, on the gold labels.
 
-All draws happen on the CPU from the caller's generator, so a seed fixes the noise.
+All draws happen on the CPU from the caller's generator, so a seed fixes the noise. Every function
+is vectorised over the batch (issue 27): one draw of random keys for all documents, a per-document
+random subset as "the entries whose key ranks below the document's count", one draw of replacement
+classes; no Python loop over documents. The subsets have the same distribution as the per-document
+``randperm`` draws of before (uniform among subsets of that size), not the same values for a seed.
 """
 from __future__ import annotations
 
@@ -33,6 +37,33 @@ def noise_count(rate: float, n_valid: int) -> int:
     return min(n_valid, int(math.floor(rate * n_valid + 0.5)))
 
 
+def _counts(rate: Tensor, n: Tensor) -> Tensor:
+    """:func:`noise_count` for every document at once (float64, as Python's float arithmetic)."""
+    return torch.minimum(n, torch.floor(rate.double() * n.double() + 0.5).long())
+
+
+def _random_subset(valid: Tensor, count: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """Per row of ``valid`` [B, L] (CPU bool), a uniformly random subset of ``count[b]`` of its True entries.
+
+    Every valid entry gets a uniform key, invalid ones a key above all of them; an entry is chosen
+    when its key's rank within its row is below the row's count (ties have probability zero)."""
+    keys = torch.rand(valid.shape, generator=generator, dtype=torch.float64).masked_fill_(~valid, 2.0)
+    order = keys.argsort(dim=1)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(valid.shape[1]).expand_as(order).contiguous())
+    return (rank < count[:, None]) & valid
+
+
+def _flip_to(old: Tensor, chosen: Tensor, low: int, num_relations: int,
+             generator: Optional[torch.Generator]) -> Tensor:
+    """``old`` [B, L] (CPU long) with every ``chosen`` entry replaced by a class drawn uniformly from
+    ``low..C-1`` minus its own."""
+    own = (old >= low).long()  # the current label is among the candidates and must be skipped
+    span = num_relations - low - own
+    draw = (torch.rand(old.shape, generator=generator) * span).long() + low
+    new = draw + ((draw >= old) & (own == 1)).long()
+    return torch.where(chosen, new, old)
+
+
 def inject_noise(
     labels: Tensor,
     rate: float,
@@ -48,38 +79,22 @@ def inject_noise(
     generator)."""
     if num_relations < 2:
         raise ValueError("need at least two classes to draw a wrong label")
-    out = labels.clone()
-    for b in range(labels.shape[0]):
-        idx = pair_mask[b].reshape(-1).nonzero().squeeze(-1).cpu()
-        count = noise_count(rate, idx.numel())
-        if count == 0:
-            continue
-        chosen = idx[torch.randperm(idx.numel(), generator=generator)[:count]]
-        flat = out[b].view(-1)
-        old = flat[chosen.to(flat.device)].cpu()
-        draw = torch.randint(0, num_relations - 1, (count,), generator=generator)
-        new = draw + (draw >= old).long()  # skip the current label -> uniform over the others
-        flat[chosen.to(flat.device)] = new.to(flat.device, flat.dtype)
-    return out
+    B = labels.shape[0]
+    valid = pair_mask.reshape(B, -1).bool().cpu()
+    old = labels.reshape(B, -1).cpu().long()
+    count = _counts(torch.full((B,), float(rate), dtype=torch.float64), valid.sum(1))
+    chosen = _random_subset(valid, count, generator)
+    draw = torch.randint(0, num_relations - 1, old.shape, generator=generator)
+    new = torch.where(chosen, draw + (draw >= old).long(), old)  # skip the current label -> uniform over the others
+    return new.view(labels.shape).to(labels.device, labels.dtype)
 
 
-def _flip(flat: Tensor, chosen: Tensor, low: int, num_relations: int, generator: Optional[torch.Generator]) -> None:
-    """Give every entry of ``flat`` at ``chosen`` a class drawn uniformly from ``low..C-1`` minus its own."""
-    if chosen.numel() == 0:
-        return
-    old = flat[chosen].cpu()
-    # classes low..C-1 other than the current one: draw among (C - low - 1) and skip the current label
-    own = (old >= low).long()
-    span = num_relations - low - own
-    draw = (torch.rand(chosen.numel(), generator=generator) * span).long() + low
-    new = draw + ((draw >= old) & (own == 1)).long()
-    flat[chosen] = new.to(flat.device, flat.dtype)
-
-
-def _relation_and_na_pairs(flat: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat indices (on the CPU) of one document's valid pairs labelled with a relation, and labelled NA."""
-    valid, ids = pair_mask.reshape(-1).cpu(), flat.cpu()
-    return (valid & (ids != 0)).nonzero().squeeze(-1), (valid & (ids == 0)).nonzero().squeeze(-1)
+def _relation_and_na(labels: Tensor, pair_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(label ids [B, L], valid pairs labelled with a relation [B, L], valid pairs labelled NA [B, L]), on the CPU."""
+    B = labels.shape[0]
+    ids = labels.reshape(B, -1).cpu().long()
+    valid = pair_mask.reshape(B, -1).bool().cpu()
+    return ids, valid & (ids != 0), valid & (ids == 0)
 
 
 def inject_noise_predicted(
@@ -95,18 +110,14 @@ def inject_noise_predicted(
     as NA get a random relation, so false relations never outnumber the true ones the way
     :func:`inject_noise` makes them on sparse data. The equal-sized NA sample is a design choice,
     not the paper's. Documents with no predicted relation are left as they are."""
-    out = labels.clone()
-    for b in range(labels.shape[0]):
-        flat = out[b].view(-1)
-        pos, neg = _relation_and_na_pairs(flat, pair_mask[b])
-        count = noise_count(rate, pos.numel())
-        if count == 0:
-            continue
-        flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:count]]
-        flip_neg = neg[torch.randperm(neg.numel(), generator=generator)[:min(count, neg.numel())]]
-        _flip(flat, flip_pos.to(flat.device), 0, num_relations, generator)
-        _flip(flat, flip_neg.to(flat.device), 1, num_relations, generator)
-    return out
+    ids, pos, neg = _relation_and_na(labels, pair_mask)
+    B = ids.shape[0]
+    count = _counts(torch.full((B,), float(rate), dtype=torch.float64), pos.sum(1))
+    flip_pos = _random_subset(pos, count, generator)
+    flip_neg = _random_subset(neg, torch.minimum(count, neg.sum(1)), generator)
+    out = _flip_to(ids, flip_pos, 0, num_relations, generator)
+    out = _flip_to(out, flip_neg, 1, num_relations, generator)
+    return out.view(labels.shape).to(labels.device, labels.dtype)
 
 
 def inject_noise_release(
@@ -121,16 +132,17 @@ def inject_noise_release(
     """Noise ``"release_gold"`` (the authors' release): corrupt the **gold** label ids. In every
     document a U(0.2, 0.5) share of the positive pairs gets another class, and of a sample of
     ``5 x positives`` negative pairs a U(0.05, 0.15) share gets a random relation. Rates are drawn
-    per document."""
-    out = gold.clone()
-    for b in range(gold.shape[0]):
-        flat = out[b].view(-1)
-        pos, neg = _relation_and_na_pairs(flat, pair_mask[b])
-        p_rate = sample_noise_rate(generator, *positive_rate)
-        n_rate = sample_noise_rate(generator, *negative_rate)
-        flip_pos = pos[torch.randperm(pos.numel(), generator=generator)[:noise_count(p_rate, pos.numel())]]
-        sample = neg[torch.randperm(neg.numel(), generator=generator)[:negatives_per_positive * pos.numel()]]
-        flip_neg = sample[:noise_count(n_rate, sample.numel())]
-        _flip(flat, flip_pos.to(flat.device), 0, num_relations, generator)
-        _flip(flat, flip_neg.to(flat.device), 1, num_relations, generator)
-    return out
+    per document. (A random share of a random sample is a random subset of the negatives of that
+    size, which is how it is drawn here.)"""
+    ids, pos, neg = _relation_and_na(gold, pair_mask)
+    B = ids.shape[0]
+    u = torch.rand((B, 2), generator=generator, dtype=torch.float64)
+    p_rate = positive_rate[0] + (positive_rate[1] - positive_rate[0]) * u[:, 0]
+    n_rate = negative_rate[0] + (negative_rate[1] - negative_rate[0]) * u[:, 1]
+    n_pos = pos.sum(1)
+    sample = torch.minimum(neg.sum(1), negatives_per_positive * n_pos)
+    flip_pos = _random_subset(pos, _counts(p_rate, n_pos), generator)
+    flip_neg = _random_subset(neg, _counts(n_rate, sample), generator)
+    out = _flip_to(ids, flip_pos, 0, num_relations, generator)
+    out = _flip_to(out, flip_neg, 1, num_relations, generator)
+    return out.view(gold.shape).to(gold.device, gold.dtype)

@@ -8,18 +8,23 @@ validation split as a `save_pretrained` directory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..data.batch import Example, bucketed_batches, collate
+from ..data.batch import Example, collate, training_batches
 from ..data.document import Document
 from ..data.tokenize import read_parquet_rows
 from .metrics import docred_doc_counts, docred_scores
@@ -52,14 +57,17 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_tokens: int | None = 4096  # cap on batch_size x longest document per batch
+    max_padding: float = Field(0.1, ge=0)  # a training batch's padded tokens stay within (1 + this) x its real tokens
     seed: int = 66
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # training autocast; auto: bf16 on CUDA, fp32 on CPU
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch threads per process; None: from the CPUs available (choose_threads)
+    nproc: int = Field(1, ge=1)  # data-parallel processes on this node (torchrun; gloo on CPU, NCCL on GPU, one GPU each)
     eval_iterations: list[int] = [0, 1, 2, 3]
     limit_train: int | None = None  # use only the first n training documents (smoke runs)
     limit_dev: int | None = None
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, else a log line every progress_seconds
+    progress_seconds: float = 60.0
 
     @staticmethod
     def from_yaml(path: str) -> "TrainConfig":
@@ -194,6 +202,164 @@ def _train_autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+# ------------------------------------------------------------------------------ threads and ranks
+def available_cpus() -> int:
+    """CPUs this process may actually use: its affinity mask, capped by a cgroup CPU quota.
+
+    `os.cpu_count()` is the host's count; a container limited by `cpu.max` (cgroup v2) or
+    `cpu.cfs_quota_us` (v1), or a process pinned by taskset, gets less, and torch's default of one
+    thread per host core then oversubscribes the cores it has."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = None
+    try:
+        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            quota = int(fields[0]) / int(fields[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0 and p > 0:
+                quota = q / p
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def choose_threads(requested: int | None, local_world: int = 1, load: float | None = None) -> int:
+    """Intra-op threads for one training process: `requested` if set, else its share of the
+    available CPUs (`available_cpus` / processes on this node), less the CPUs other work already
+    keeps busy (the 1-minute load average, `load`, measured before this process starts its own
+    work), never below one.
+
+    Why: on 2 shared cores a 2-thread training next to another busy job ran 6x slower than with one
+    thread (issue 27): OpenMP threads that spin-wait for a core another process holds stall every
+    parallel region. Fewer threads under contention, and passive waiting (`OMP_WAIT_POLICY=PASSIVE`,
+    set by `docre train` before torch loads), avoid it."""
+    if requested:
+        return requested
+    share = max(1, available_cpus() // max(1, local_world))
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+    # a core counts as taken by other work once the load average per process is within 0.25 of it
+    busy = math.floor(load / max(1, local_world) + 0.25)
+    return max(1, share - busy)
+
+
+@dataclass
+class Ranks:
+    """This process's place in a data-parallel run (torchrun's environment; 1 process without it)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @staticmethod
+    def from_env() -> "Ranks":
+        env = os.environ
+        world = int(env.get("WORLD_SIZE", "1"))
+        return Ranks(int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0")),
+                     int(env.get("LOCAL_WORLD_SIZE", str(world))))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _ranks() -> Ranks:
+    """The running process group's ranks (1 process when none is initialised)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        r = Ranks.from_env()
+        return Ranks(dist.get_rank(), dist.get_world_size(), r.local_rank, r.local_world)
+    return Ranks()
+
+
+def _broadcast_json(obj, device: torch.device):
+    """Rank 0's JSON-able `obj` on every rank, as UTF-8 bytes in a tensor (no pickling)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    data = json.dumps(obj).encode() if dist.get_rank() == 0 else b""
+    size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    dist.broadcast(size, 0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if data
+           else torch.empty(int(size.item()), dtype=torch.uint8, device=device))
+    dist.broadcast(buf, 0)
+    return json.loads(bytes(buf.cpu().tolist()).decode())
+
+
+def _per_rank(value: int, device: torch.device) -> list[int]:
+    """Every rank's `value`, in rank order ([value] with one process)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    slots = [0.0] * dist.get_world_size()
+    slots[dist.get_rank()] = float(value)
+    return [int(v) for v in _all_sum(slots, device)]
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (the values themselves with one process)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class _StageLoss(torch.nn.Module):
+    """The stage loss as a module's forward, so DistributedDataParallel can wrap it (its gradient
+    hooks fire on the backward of what its forward returned)."""
+
+    def __init__(self, model: DocREModel, stage: int):
+        super().__init__()
+        self.model, self.stage = model, stage
+
+    def forward(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        return self.model.stage1_loss(batch) if self.stage == 1 else self.model.stage2_loss(batch, generator)
+
+
+class _Progress:
+    """Progress within an epoch: a tqdm bar on an interactive terminal, otherwise one log line
+    every `every` seconds (a long epoch on a batch system is not silent for minutes)."""
+
+    def __init__(self, enabled: bool, every: float, desc: str, total: int):
+        self.bar = None
+        self.every, self.desc, self.total = every, desc, total
+        self.enabled = enabled
+        self.t0 = self.last = time.time()
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="batch", mininterval=2)
+
+    def update(self, done: int, docs: float, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            return
+        now = time.time()
+        if self.every > 0 and (now - self.last >= self.every or done == self.total):
+            self.last = now
+            print(f"{self.desc}: batch {done}/{self.total}, loss {loss:.4f}, "
+                  f"{docs / max(now - self.t0, 1e-9):.2f} docs/s, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, dev: tuple,
                 on_epoch: Callable[[dict], None] | None = None, stop_after_epochs: int | None = None,
                 on_step: Callable[[dict], None] | None = None, step_every: int = 0) -> StageResult:
@@ -203,72 +369,110 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
     callback the record is printed as a JSON line). on_step, when step_every
     > 0, gets {stage, epoch, epochs, batch, batches, loss (mean so far this
     epoch), docs_per_s} every step_every batches, so long epochs show progress.
+
+    Under torchrun (a process group initialised by `train`) every rank runs this: each epoch's
+    batches (`training_batches`, grouped by length bucket) are dealt out so every rank steps the
+    same number of times, gradients are averaged by DistributedDataParallel, and rank 0 alone
+    evaluates and writes checkpoints, state and history (callbacks run on rank 0 only). The
+    state is the same whatever the number of ranks, so a run resumes on any number.
     """
     sc = cfg.stage1 if stage == 1 else cfg.stage2
+    ranks = _ranks()
+    W = ranks.world
     device = next(model.parameters()).device
     out = Path(cfg.out_dir) / f"stage{stage}"
     state_dir, best_dir = out / "last", out / "best"
     train_ex, train_docs = train
     dev_ex, dev_docs = dev
     rng = random.Random(cfg.seed + stage)
-    steps_per_epoch = math.ceil(len(bucketed_batches(train_ex, sc.batch_size, False, max_tokens=cfg.max_tokens))
-                                / sc.grad_accum)
+
+    def plan(shuffle: bool, seed: int = 0) -> list:
+        return training_batches(train_ex, sc.batch_size, shuffle, seed=seed, max_tokens=cfg.max_tokens,
+                                max_padding=cfg.max_padding, world_size=W)
+    steps_per_epoch = math.ceil(len(plan(False)) / W / sc.grad_accum)
     total = max(1, steps_per_epoch * sc.epochs)
     # the fused kernel matters on CPU: the unfused step over MiniLM's 11.7M-entry embedding matrix costs
     # as much as a forward+backward pass of a small batch
     optimizer = torch.optim.AdamW(param_groups(model, stage, sc, cfg.weight_decay), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, cfg.warmup_ratio))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     start_epoch, best, history = 0, -1.0, []
     if (state_dir / "state.json").exists():
         meta = load_state(state_dir, model, optimizer, scheduler, rng)
         start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
+    generator = torch.Generator()
+    step_module: torch.nn.Module = _StageLoss(model, stage)
+    if W > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        # find_unused_parameters: which parameters a step reaches depends on the stage and the variant
+        # (stage 1 never touches the inference module; no SimSiam predictor without L_C)
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=True, broadcast_buffers=False)
     eval_k = [0] if stage == 1 else cfg.eval_iterations
     select_k = 0 if stage == 1 else model.config.iterations
     for epoch in range(start_epoch, sc.epochs):
         if stop_after_epochs is not None and epoch >= start_epoch + stop_after_epochs:
             break
-        generator.manual_seed(cfg.seed * 1000 + stage * 100 + epoch)  # resumable noise stream
+        # resumable noise stream; with several ranks each draws its own noise and dropout masks
+        generator.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 1_000_003 * ranks.rank)
+        if W > 1:
+            torch.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 7919 * (ranks.rank + 1))
         model.train()
-        batches = bucketed_batches(train_ex, sc.batch_size, True, seed=rng.randrange(1 << 30),
-                                   max_tokens=cfg.max_tokens)
-        t0, n_docs, losses = time.time(), 0, []
-        it = batches
-        if cfg.progress:
-            from tqdm import tqdm
-            it = tqdm(batches, desc=f"stage {stage} epoch {epoch + 1}/{sc.epochs}", unit="batch", mininterval=2)
+        everything = plan(True, rng.randrange(1 << 30))
+        batches = everything[ranks.rank::W]  # every rank the same count; a group of W is one length bucket
+        t0, n_docs, n_steps, losses = time.time(), 0, 0, []
+        progress = _Progress(cfg.progress and ranks.main, cfg.progress_seconds,
+                             f"stage {stage} epoch {epoch + 1}/{sc.epochs}", len(batches))
         optimizer.zero_grad(set_to_none=True)
-        for i, chunk in enumerate(it):
+        for i, chunk in enumerate(batches):
             batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
-            with _train_autocast(device, cfg.precision):
-                loss, parts = model.stage1_loss(batch) if stage == 1 else model.stage2_loss(batch, generator)
+            boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
             # average over the micro-batches of this optimizer step (the last group may be shorter)
             group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
-            (loss / group).backward()
+            with contextlib.ExitStack() as ctx:
+                if W > 1 and not boundary:
+                    ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
+                with _train_autocast(device, cfg.precision):
+                    loss, parts = step_module(batch, generator)
+                (loss / group).backward()
             losses.append(loss.item())
             n_docs += len(chunk)
-            if (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches):
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                               cfg.max_grad_norm)
+            if boundary:
+                n_steps += 1
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            if on_step and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
+            progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
+            if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
                 on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
                          "batches": len(batches), "loss": sum(losses) / len(losses),
-                         "docs_per_s": round(n_docs / max(time.time() - t0, 1e-9), 2)})
+                         "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
+        progress.close()
+        loss_sum, loss_count, docs_all = _all_sum([sum(losses), len(losses), n_docs], device)
+        rank_steps = _per_rank(n_steps, device)
         train_seconds = time.time() - t0
-        scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
-        f1 = scores[f"K{select_k}"]["f1"]
-        record = {"stage": stage, "epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
-                  "train_seconds": round(train_seconds, 1), "train_docs_per_s": round(n_docs / train_seconds, 2),
-                  "dev": scores, "peak_memory_mb": _peak_memory_mb(device)}
-        history.append(record)
-        if f1 > best:
-            best = f1
-            model.save_pretrained(best_dir)
-        save_state(state_dir, model, optimizer, scheduler, epoch, best, history, rng)
-        (out / "history.json").write_text(json.dumps(history, indent=2))
+        record = None
+        if ranks.main:  # evaluation runs once, on rank 0; the others wait for its record
+            scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
+            record = {"stage": stage, "epoch": epoch + 1, "loss": loss_sum / max(1, loss_count),
+                      "train_seconds": round(train_seconds, 1),
+                      "train_docs_per_s": round(docs_all / train_seconds, 2),
+                      "dev": scores, "peak_memory_mb": _peak_memory_mb(device)}
+            if W > 1:
+                record["processes"], record["steps_per_rank"] = W, rank_steps
+            history.append(record)
+            f1 = scores[f"K{select_k}"]["f1"]
+            if f1 > best:
+                best = f1
+                model.save_pretrained(best_dir)
+            save_state(state_dir, model, optimizer, scheduler, epoch, best, history, rng)
+            (out / "history.json").write_text(json.dumps(history, indent=2))
+        record = _broadcast_json(record, device)
+        if not ranks.main:
+            history.append(record)
+            best = max(best, record["dev"][f"K{select_k}"]["f1"])
+            continue
         if on_epoch:
             on_epoch(record)
         else:
@@ -311,20 +515,96 @@ def stage2_start(source: Path, overrides: dict, seed: int, device: torch.device,
     return fresh.to(device)
 
 
+def _launch(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None) -> list[StageResult]:
+    """`cfg.nproc` data-parallel processes under torchrun, each running `docre train` on this config,
+    from a process that is not one of them (the CLI's `--nproc`, the Prefect training task).
+
+    The children get `OMP_WAIT_POLICY=PASSIVE` and their share of the threads before torch loads.
+    While they run, epoch records that rank 0 writes to each stage's history.json are passed to
+    `on_epoch` as they appear (per-step callbacks stay in the children)."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train_config.launch.json"
+    path.write_text(cfg.model_copy(update={"nproc": 1}).model_dump_json(indent=2))
+    threads = cfg.threads or max(1, available_cpus() // cfg.nproc)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+           "-m", "docre.cli", "train", str(path)]
+    seen = {stage: len(_read_history(out / f"stage{stage}")) for stage in cfg.stages}
+    proc = subprocess.Popen(cmd, env=env)
+
+    def report() -> None:
+        for stage in cfg.stages:
+            history = _read_history(out / f"stage{stage}")
+            for record in history[seen[stage]:]:
+                if on_epoch:
+                    on_epoch(record)
+            seen[stage] = max(seen[stage], len(history))
+    while proc.poll() is None:
+        time.sleep(2.0)
+        report()
+    report()
+    if proc.returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit {proc.returncode}): {' '.join(cmd)}")
+    results = []
+    for stage in cfg.stages:
+        meta = json.loads((out / f"stage{stage}" / "last" / "state.json").read_text())
+        results.append(StageResult(stage, str(out / f"stage{stage}" / "best"), meta["best"], meta["history"]))
+    return results
+
+
+def _read_history(stage_dir: Path) -> list[dict]:
+    try:
+        return json.loads((stage_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
 def train(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
           on_step: Callable[[dict], None] | None = None, step_every: int = 0) -> list[StageResult]:
-    """Run the configured stages; stage 2 starts from stage 1's best checkpoint (unless pretrain=False)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    """Run the configured stages; stage 2 starts from stage 1's best checkpoint (unless pretrain=False).
+
+    With `cfg.nproc` > 1 outside torchrun this launches torchrun with that many processes (`_launch`).
+    Under torchrun (WORLD_SIZE > 1) it joins the process group, gloo on CPU and NCCL on GPU (one
+    GPU per process, by LOCAL_RANK), and every rank trains its share of each step. Torch threads:
+    `choose_threads` (restored on return)."""
+    ranks = Ranks.from_env()
+    if ranks.world == 1 and cfg.nproc > 1:
+        return _launch(cfg, on_epoch)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(choose_threads(cfg.threads, ranks.local_world))
+    device = resolve_device(cfg.device)
+    created = False
+    if ranks.world > 1:
+        import torch.distributed as dist
+        if device.type == "cuda":
+            device = torch.device("cuda", ranks.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            # rank 0 evaluates alone while the others wait in a collective: allow a long evaluation
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=4))
+            created = True
+    try:
+        return _train_stages(cfg, device, ranks, on_epoch, on_step, step_every)
+    finally:
+        torch.set_num_threads(threads_before)
+        if created:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def _train_stages(cfg: TrainConfig, device: torch.device, ranks: Ranks, on_epoch, on_step,
+                  step_every: int) -> list[StageResult]:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    device = resolve_device(cfg.device)
     train_split = load_split(cfg.train_data, cfg.limit_train)
     dev_split = load_split(cfg.dev_data, cfg.limit_dev)
     from ..data.tokenize import read_manifest
     inventory = read_manifest(cfg.train_data).relation_inventory
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out_dir) / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    if ranks.main:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out_dir) / "train_config.json").write_text(cfg.model_dump_json(indent=2))
     results = []
     model = None
     stage1_best = Path(cfg.out_dir) / "stage1" / "best"
