@@ -409,6 +409,7 @@ def test_threshold_free_probe(dataset, tiny_encoder, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     row = probe.probe(str(tmp_path / "ckpt"), dataset, iterations=2)
     scores = evaluate(model, *load_split(dataset), [0, 1, 2])
+    assert scores["unscoreable_gold"] == 0  # reported; on CDR every gold pair is Chemical -> Disease
     for k in range(3):
         assert row[f"K{k}"]["f1"] == pytest.approx(scores[f"K{k}"]["f1"], abs=1e-9)
         assert row[f"K{k}"]["f1"] <= row[f"K{k}"]["best"] <= 1.0 and 0.0 < row[f"K{k}"]["ap"] <= 1.0

@@ -91,6 +91,9 @@ def _evaluate(args: argparse.Namespace) -> None:
                                               "infer_f1")))
     if train_docs is None:
         print("IgnF1 not computed: pass --train-data (the tokenized training set) for it")
+    if scores.get("unscoreable_gold"):
+        print(f"{scores['unscoreable_gold']} gold facts are on entity pairs the model's inventory never proposes "
+              f"(other types): counted as misses in recall")
     print(f"prediction: {scores['docs_per_s']} docs/s ({len(examples)} documents, {scores['seconds']} s)")
     if args.json:
         with open(args.json, "w") as f:

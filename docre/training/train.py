@@ -103,9 +103,11 @@ def evaluate(model: DocREModel, examples: list[Example], docs: list[Document], i
     for k in iterations:
         preds = [(doc_id, h, t, model.inventory.ids[r]) for doc_id, per_k in decisions.items()
                  for h, t, r, _ in per_k[k]]
-        s = docred_scores(docs, preds, train_docs)
+        s = docred_scores(docs, preds, train_docs, inventory=model.inventory)
         out[f"K{k}"] = {"f1": s.f1, "precision": s.precision, "recall": s.recall, "ign_f1": s.ign_f1,
                         "intra_f1": s.intra_f1, "inter_f1": s.inter_f1, "infer_f1": s.infer_f1}
+        # gold facts on pairs the model's inventory never proposes: misses in recall, counted apart
+        out["unscoreable_gold"] = s.counts.get("unscoreable_gold", 0)
         if per_doc:
             out.setdefault("per_doc", {})[f"K{k}"] = docred_doc_counts(docs, preds)
     return out
