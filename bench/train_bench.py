@@ -1,8 +1,8 @@
 """Training throughput (issue 27): docs/s of stage 1 and stage 2, old code against new in one run, a
 per-component breakdown, 1 process x T threads against T processes x 1 thread (gloo), peak memory.
 
-    git worktree add /tmp/docre_old <commit before issue 27>
-    python bench/train_bench.py --old-code /tmp/docre_old --data runs/data/cdr_train --docs 160 --threads 2
+    git worktree add OLD_CODE <commit before the training speed pass, e.g. ea894e9>
+    python bench/train_bench.py --old-code OLD_CODE --data runs/data/cdr_train --docs 160 --threads 2
 
 Every measurement is one child process (a fresh interpreter with PYTHONPATH at the code under test) that
 runs that code's own `train_stage` for one epoch over the first `--docs` training documents (its own
