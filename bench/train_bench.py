@@ -81,6 +81,7 @@ torch.nn.utils.clip_grad_norm_ = timed("clip", torch.nn.utils.clip_grad_norm_)
 torch.optim.AdamW.step = timed("optimizer", torch.optim.AdamW.step)
 cfg = T.TrainConfig(train_data=args["data"], dev_data=args["data"], out_dir=args["out"], progress=False,
                     device="cpu", seed=66, eval_iterations=[0, model.config.iterations],
+                    **(args["options"] if args["new"] else {}),
                     stage1=T.StageConfig(epochs=1, batch_size=4, lr_encoder=5e-5, lr_head=2e-4),
                     stage2=T.StageConfig(epochs=1, batch_size=4, lr_encoder=5e-6, lr_head=2e-4))
 if args["new"]:
@@ -122,10 +123,10 @@ def load() -> list[float]:
 
 
 def run(code: Path, new: bool, stage: int, data: str, docs: int, threads: int, procs: int,
-        policy: str | None) -> dict:
+        policy: str | None, options: dict | None = None) -> dict:
     out = tempfile.mkdtemp(prefix="train-bench-")
     args = json.dumps({"data": str(Path(data).resolve()), "docs": docs, "threads": threads, "stage": stage,
-                       "out": out, "new": new})
+                       "out": out, "new": new, "options": options or {}})
     env = dict(os.environ, PYTHONPATH=str(code), TQDM_DISABLE="1", OMP_NUM_THREADS=str(threads))
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
@@ -147,6 +148,7 @@ def run(code: Path, new: bool, stage: int, data: str, docs: int, threads: int, p
     result = json.loads(line[7:])
     peak = result["peak_rss_mb"]
     return {"code": "new" if new else "old", "stage": stage, "processes": procs, "threads": threads,
+            "options": options or {},
             "omp_wait_policy": env.get("OMP_WAIT_POLICY", "(unset)"), **result, "peak_rss_mb_rank0": peak,
             "process_seconds": round(seconds, 1), "load_before": before, "load_after": load()}
 
@@ -177,17 +179,24 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace) -> None:
+    fp32 = {"precision": "fp32", "dropout_masks": "torch"}  # the arithmetic and random stream of the old code
+    hashed = {"precision": "fp32", "dropout_masks": "hash"}
+    bf16 = {"precision": "bf16", "dropout_masks": "hash"}  # what `auto` picks on a CPU with AVX-512 BF16
     variants = {"old": (Path(args.old_code), False, 1, args.threads, None),
                 "old-passive": (Path(args.old_code), False, 1, args.threads, "PASSIVE"),
-                "new": (ROOT, True, 1, args.threads, "PASSIVE"),
-                "new-active": (ROOT, True, 1, args.threads, None),
-                "new-NxT": (ROOT, True, args.threads, 1, "PASSIVE"),
-                "new-1t": (ROOT, True, 1, 1, "PASSIVE")}
+                "new": (ROOT, True, 1, args.threads, "PASSIVE", fp32),
+                "new-active": (ROOT, True, 1, args.threads, None, fp32),
+                "new-NxT": (ROOT, True, args.threads, 1, "PASSIVE", fp32),
+                "new-1t": (ROOT, True, 1, 1, "PASSIVE", fp32),
+                "new-hash": (ROOT, True, 1, args.threads, "PASSIVE", hashed),
+                "new-bf16": (ROOT, True, 1, args.threads, "PASSIVE", bf16),
+                "new-bf16-NxT": (ROOT, True, args.threads, 1, "PASSIVE", bf16),
+                "new-bf16-1t": (ROOT, True, 1, 1, "PASSIVE", bf16)}
     rows = []
     for stage in [int(s) for s in args.stages.split(",")]:
         for name in args.variants.split(","):
-            code, new, procs, threads, policy = variants[name]
-            row = run(code, new, stage, args.data, args.docs, threads, procs, policy) | {"variant": name}
+            code, new, procs, threads, policy, *options = variants[name]
+            row = run(code, new, stage, args.data, args.docs, threads, procs, policy, *options) | {"variant": name}
             rows.append(row)
             print(f"stage {stage} {name:>11} {procs}x{threads}: {row['docs_per_s']:.2f} docs/s "
                   f"({row['train_seconds']:.1f} s, peak {row['peak_rss_mb']:.0f} MB, load {row['load_before']} -> "

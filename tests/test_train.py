@@ -6,6 +6,7 @@ optimizer steps.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def config(dataset: str, tiny_encoder: str, out_dir: Path, **kw) -> TrainConfig:
                 stage1=StageConfig(epochs=2, batch_size=2, lr_encoder=1e-3, lr_head=1e-3),
                 stage2=StageConfig(epochs=1, batch_size=2, lr_encoder=1e-4, lr_head=1e-3),
                 model=dict(MODEL, encoder=tiny_encoder), eval_iterations=[0, 1, 2], device="cpu",
-                progress=False, seed=7, threads=1)
+                progress=False, seed=7, threads=1, precision="fp32")
     return TrainConfig(**(base | kw))
 
 
@@ -425,3 +426,47 @@ def test_probe_rows_merge_by_checkpoint(tmp_path):
     merge_rows(path, [{"checkpoint": "a", "f1": 3}, {"checkpoint": "c", "f1": 4}])
     assert json.loads(path.read_text()) == [{"checkpoint": "b", "f1": 2}, {"checkpoint": "a", "f1": 3},
                                             {"checkpoint": "c", "f1": 4}]
+
+
+# ------------------------------------------------------------------------------ precision and dropout masks
+
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch):
+    import docre.training.train as T
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: True)
+    assert T.train_precision(torch.device("cpu"), "auto") == "bf16"
+    assert T.train_precision(torch.device("cuda"), "auto") == "bf16"
+    assert T.train_precision(torch.device("cpu"), "fp32") == "fp32"
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)
+    assert T.train_precision(torch.device("cpu"), "auto") == "fp32"
+    assert T.train_precision(torch.device("cpu"), "bf16") == "bf16"
+
+
+def stage1_weights(dataset: str, tiny_encoder: str, out: Path, **kw) -> tuple[DocREModel, list[dict]]:
+    cfg = config(dataset, tiny_encoder, out, stages=[1], stage1=StageConfig(epochs=1, batch_size=2,
+                                                                             lr_encoder=1e-3, lr_head=1e-3), **kw)
+    model = fresh_model(cfg)
+    examples, docs = load_split(dataset)
+    result = train_stage(cfg, 1, model, (examples, docs), (examples, docs), on_epoch=lambda r: None)
+    return model, result.history
+
+
+def test_bf16_training_on_cpu_runs_and_records_its_precision(dataset, tiny_encoder, tmp_path):
+    """The batched pooling once mixed a bf16 attention row into an fp32 index_add: bf16 training crashed."""
+    model, history = stage1_weights(dataset, tiny_encoder, tmp_path / "bf16", precision="bf16")
+    assert history[0]["precision"] == "bf16" and math.isfinite(history[0]["loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 masters under autocast
+
+
+def test_hashed_dropout_masks_are_reproducible_and_are_the_ones_used(dataset, tiny_encoder, tmp_path):
+    """The tiny encoder has dropout 0.1: a seed fixes the hashed masks (same weights twice), and they are
+    not torch's (other weights than with torch's masks)."""
+    a, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "a", dropout_masks="hash")
+    b, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "b", dropout_masks="hash")
+    c, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "c", dropout_masks="torch")
+    assert_same_weights(a, b)
+    with pytest.raises(AssertionError):
+        assert_same_weights(a, c, atol=1e-7)
+    # the encoder is handed back with torch's dropout and sdpa attention for evaluation and saving
+    assert a.base.encoder.model.config._attn_implementation == "sdpa"
+    assert all(type(m) is torch.nn.Dropout for m in a.base.encoder.model.modules() if isinstance(m, torch.nn.Dropout))

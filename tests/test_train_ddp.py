@@ -39,7 +39,7 @@ def config(root: Path, enc: str, data: str, name: str, **kw) -> TrainConfig:
                 stage1=StageConfig(epochs=1, batch_size=1, lr_encoder=1e-3, lr_head=1e-3),
                 model=dict(encoder=enc, feature_dim=16, iterations=1, dropout=0.0,
                            inference=dict(num_layers=1, ffn_dim=32, predictor_dim=16)),
-                device="cpu", progress=False, seed=3, threads=1)
+                device="cpu", progress=False, seed=3, threads=1, precision="fp32")
     return TrainConfig(**(base | kw))
 
 

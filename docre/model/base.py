@@ -79,7 +79,8 @@ def batched_entity_embeddings(hidden: torch.Tensor, rows_att: torch.Tensor, m_to
     flat = b_idx * n_max + e_idx
     counts = hidden.new_zeros(B * n_max).index_add_(0, flat, torch.ones_like(flat, dtype=hidden.dtype))
     ents = torch.logsumexp(padded, dim=2) * (counts > 0).view(B, n_max, 1)  # entities with no mention -> 0
-    atts = hidden.new_zeros(B * n_max, H, T).index_add_(0, flat, rows_att[m_valid])
+    # under a bf16 autocast the rows come from a bf16 matmul while hidden is a LayerNorm output
+    atts = hidden.new_zeros(B * n_max, H, T).index_add_(0, flat, rows_att[m_valid].to(hidden.dtype))
     atts = atts / counts.clamp(min=1)[:, None, None]
     return ents, atts.view(B, n_max, H, T)
 

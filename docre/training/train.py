@@ -29,6 +29,7 @@ from ..data.document import Document
 from ..data.tokenize import read_parquet_rows
 from .metrics import docred_doc_counts, docred_scores
 from ..model.docre_ii import DocREModel, ModelConfig, precision_autocast
+from ..model.dropout import hash_dropout_in
 
 
 class StageConfig(BaseModel):
@@ -60,7 +61,11 @@ class TrainConfig(BaseModel):
     max_padding: float = Field(0.1, ge=0)  # a training batch's padded tokens stay within (1 + this) x its real tokens
     seed: int = 66
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # training autocast; auto: bf16 on CUDA, fp32 on CPU
+    # training autocast; auto: bf16 on CUDA and on CPUs with bf16 dot-product instructions, else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # the encoder's dropout masks: hash (docre.model.dropout, a counter hash, ~3x cheaper on CPU),
+    # torch (its own generator); auto: hash on CPU, torch on CUDA
+    dropout_masks: Literal["auto", "hash", "torch"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per process; None: from the CPUs available (choose_threads)
     nproc: int = Field(1, ge=1)  # data-parallel processes on this node (torchrun; gloo on CPU, NCCL on GPU, one GPU each)
     eval_iterations: list[int] = [0, 1, 2, 3]
@@ -198,10 +203,36 @@ class StageResult:
     history: list[dict] = field(default_factory=list)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX): there bf16 matmuls run several
+    times faster than fp32 (BENCHMARKS.md); elsewhere oneDNN emulates them and fp32 is faster."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def train_precision(device: torch.device, precision: str) -> str:
+    """The autocast dtype a run trains in: `precision` itself, or for auto bf16 on CUDA and on CPUs
+    with native bf16, fp32 elsewhere. Master weights, optimiser state and the heads' logits stay fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
+
+
 def _train_autocast(device: torch.device, precision: str):
-    if precision == "auto":
+    if device.type == "cuda" and precision == "auto":
         return precision_autocast(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_precision(device, precision) == "bf16")
+
+
+def _dropout_masks(model: DocREModel, device: torch.device, masks: str):
+    """The encoder's hashed dropout for the training batches of an epoch (a no-op context with torch's)."""
+    if masks == "hash" or (masks == "auto" and device.type == "cpu"):
+        return hash_dropout_in(model.base.encoder.model)
+    return contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------ threads and ranks
@@ -426,30 +457,31 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
         progress = _Progress(cfg.progress and ranks.main, cfg.progress_seconds,
                              f"stage {stage} epoch {epoch + 1}/{sc.epochs}", len(batches))
         optimizer.zero_grad(set_to_none=True)
-        for i, chunk in enumerate(batches):
-            batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
-            boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
-            # average over the micro-batches of this optimizer step (the last group may be shorter)
-            group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
-            with contextlib.ExitStack() as ctx:
-                if W > 1 and not boundary:
-                    ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
-                with _train_autocast(device, cfg.precision):
-                    loss, parts = step_module(batch, generator)
-                (loss / group).backward()
-            losses.append(loss.item())
-            n_docs += len(chunk)
-            if boundary:
-                n_steps += 1
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
-            if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
-                on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
-                         "batches": len(batches), "loss": sum(losses) / len(losses),
-                         "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
+        with _dropout_masks(model, device, cfg.dropout_masks):  # restored before evaluation and saving
+            for i, chunk in enumerate(batches):
+                batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
+                boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
+                # average over the micro-batches of this optimizer step (the last group may be shorter)
+                group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
+                with contextlib.ExitStack() as ctx:
+                    if W > 1 and not boundary:
+                        ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
+                    with _train_autocast(device, cfg.precision):
+                        loss, parts = step_module(batch, generator)
+                    (loss / group).backward()
+                losses.append(loss.item())
+                n_docs += len(chunk)
+                if boundary:
+                    n_steps += 1
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
+                if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
+                    on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
+                             "batches": len(batches), "loss": sum(losses) / len(losses),
+                             "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
         progress.close()
         loss_sum, loss_count, docs_all = _all_sum([sum(losses), len(losses), n_docs], device)
         rank_steps = _per_rank(n_steps, device)
@@ -460,7 +492,8 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
             record = {"stage": stage, "epoch": epoch + 1, "loss": loss_sum / max(1, loss_count),
                       "train_seconds": round(train_seconds, 1),
                       "train_docs_per_s": round(docs_all / train_seconds, 2),
-                      "dev": scores, "peak_memory_mb": _peak_memory_mb(device)}
+                      "dev": scores, "peak_memory_mb": _peak_memory_mb(device),
+                      "precision": train_precision(device, cfg.precision)}
             if W > 1:
                 record["processes"], record["steps_per_rank"] = W, rank_steps
             history.append(record)
