@@ -132,7 +132,8 @@ def docre_train(train_inputs: str, dev_inputs: str, model_store_url: str, work_d
         bootstrap_seed: Seed of the resampling, so a decision can be reproduced. Default 0.
         force: Train even when the training data is the champion's (e.g. after a config change).
         device: auto (CUDA when the worker has a GPU), cpu or cuda.
-        precision: Training autocast: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.
+        precision: Training autocast: auto (bf16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else fp32),
+            fp32 or bf16.
         progress_every: Update the training progress artifact every this many batches (0: per epoch only).
         version: Name for the stored version (default: UTC time + weights hash).
         keep_work_files: Keep this run's local checkpoints in `<work_dir>/train/<run>` after the model is

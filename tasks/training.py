@@ -15,7 +15,7 @@ from docre import extract as lib
 from docre.registry import store
 from docre.registry.promotion import (DriftReference, PromotionDecision, PromotionPolicy, ScoredModel,
                                      comparison_markdown, judge, percent_by_k, resolve_drift_reference)
-from docre.training.train import StageResult, TrainConfig, load_split, resolve_device, train
+from docre.training.train import StageResult, TrainConfig, load_split, resolve_device, train, train_precision
 from docre.training.train import evaluate as evaluate_model
 
 # Fault injection for the resume test and chaos drills, off unless set (the same variable as
@@ -68,7 +68,7 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
         if restored is not None:
             logger.info("stage %d: resumed from %s after epoch %d", stage, lib.redact_url(stage_url), restored + 1)
     logger.info("stage %d: %d epochs on %s (precision %s, %d process%s), output %s", stage, sc.epochs,
-                resolve_device(cfg.device), cfg.precision, cfg.nproc, "" if cfg.nproc == 1 else "es", cfg.out_dir)
+                resolve_device(cfg.device), train_precision(resolve_device(cfg.device), cfg.precision), cfg.nproc, "" if cfg.nproc == 1 else "es", cfg.out_dir)
     progress_id = create_progress_artifact(0.0, key=f"docre-train-stage-{stage}",
                                            description=f"DocRE-II stage {stage}: starting")
     best_file = stage_dir / "best" / "model.safetensors"

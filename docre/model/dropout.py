@@ -1,4 +1,4 @@
-"""Dropout masks from a counter hash: the encoder's training dropout at a fraction of its CPU cost.
+"""Dropout masks from a counter hash: training dropout at a fraction of its CPU cost.
 
 On a CPU, torch draws a dropout mask element by element from a Mersenne Twister stream: for
 MiniLM's attention probabilities ([B, H, T, T], about 6M values per batch of 4 CDR abstracts,
@@ -10,11 +10,12 @@ avalanche) of its own index plus a seed drawn from torch's default generator, so
 elements. The model, the rates and where dropout applies are unchanged; only the random
 stream differs from torch's.
 
-The attention-probability dropout sits inside Hugging Face's attention function, so
-`hash_dropout_in` registers `hash_attention` as an attention implementation for the duration
-of training: with dropout on it computes softmax(QK^T / sqrt(d) + mask) with a hashed mask
-and multiplies by V (the mathematics of the eager path); in evaluation, or at rate 0, it is
-the library's fused scaled-dot-product attention. On CUDA torch's own dropout is cheap
+`hash_dropout_in` swaps every dropout layer of the model for `HashDropout` while it trains.
+The attention-probability dropout sits inside Hugging Face's attention function, so it also
+registers `hash_attention` as the encoder's attention for the duration: with dropout on it
+computes softmax(QK^T / sqrt(d) + mask) with a hashed mask and multiplies by V (the mathematics
+of the eager path); in evaluation, or at rate 0, it is the library's fused scaled-dot-product
+attention. On CUDA torch's own dropout is cheap
 (Philox in the fused kernels) and this module is not used (`TrainConfig.dropout_masks`).
 """
 from __future__ import annotations
@@ -121,13 +122,15 @@ def _register() -> None:
 
 
 @contextmanager
-def hash_dropout_in(encoder: nn.Module) -> Iterator[bool]:
-    """For the duration: every `nn.Dropout` of a Hugging Face `encoder` draws hashed masks, and its
-    attention runs through `hash_attention`. Yields whether the attention could be switched
-    (a model without `set_attn_implementation`, or one not on sdpa, keeps its own attention and
-    still gets hashed hidden-state dropout). Everything is restored on exit."""
+def hash_dropout_in(model: nn.Module, encoder: nn.Module | None = None) -> Iterator[bool]:
+    """For the duration: every `nn.Dropout` in `model` draws hashed masks, and the attention of
+    `encoder` (a Hugging Face model inside it, or `model` itself) runs through `hash_attention`.
+    Yields whether the attention could be switched (a model without `set_attn_implementation`, or
+    one not on sdpa, keeps its own attention and still gets hashed dropout elsewhere). Everything is
+    restored on exit."""
+    encoder = model if encoder is None else encoder
     swapped: list[tuple[nn.Module, str, nn.Dropout]] = []
-    for parent in list(encoder.modules()):
+    for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
                 setattr(parent, name, HashDropout(child.p, child.inplace).train(child.training))
@@ -137,7 +140,10 @@ def hash_dropout_in(encoder: nn.Module) -> Iterator[bool]:
     attention = before == "sdpa" and hasattr(encoder, "set_attn_implementation")
     if attention:
         _register()
-        encoder.set_attn_implementation(_NAME)
+        try:
+            encoder.set_attn_implementation(_NAME)
+        except (ValueError, NotImplementedError):  # an architecture that takes no registered attention
+            attention = False
     try:
         yield attention
     finally:

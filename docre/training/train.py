@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     # training autocast; auto: bf16 on CUDA and on CPUs with bf16 dot-product instructions, else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # the encoder's dropout masks: hash (docre.model.dropout, a counter hash, ~3x cheaper on CPU),
+    # dropout masks: hash (docre.model.dropout, a counter hash, ~3x cheaper on CPU),
     # torch (its own generator); auto: hash on CPU, torch on CUDA
     dropout_masks: Literal["auto", "hash", "torch"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per process; None: from the CPUs available (choose_threads)
@@ -229,9 +229,9 @@ def _train_autocast(device: torch.device, precision: str):
 
 
 def _dropout_masks(model: DocREModel, device: torch.device, masks: str):
-    """The encoder's hashed dropout for the training batches of an epoch (a no-op context with torch's)."""
+    """Hashed dropout masks for the training batches of an epoch (a no-op context with torch's)."""
     if masks == "hash" or (masks == "auto" and device.type == "cpu"):
-        return hash_dropout_in(model.base.encoder.model)
+        return hash_dropout_in(model, encoder=model.base.encoder.model)
     return contextlib.nullcontext()
 
 
