@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -470,3 +471,24 @@ def test_hashed_dropout_masks_are_reproducible_and_are_the_ones_used(dataset, ti
     # the encoder is handed back with torch's dropout and sdpa attention for evaluation and saving
     assert a.base.encoder.model.config._attn_implementation == "sdpa"
     assert all(type(m) is torch.nn.Dropout for m in a.base.encoder.model.modules() if isinstance(m, torch.nn.Dropout))
+
+
+PRE27 = FIXTURE.parent / "pre27_run"  # written by the code before issue 27 (tests/fixtures/make_pre27_run.py)
+
+
+def test_a_checkpoint_and_state_written_before_the_training_speed_pass_load_and_resume(dataset, tiny_encoder,
+                                                                                       tmp_path):
+    examples, docs = load_split(dataset)
+    old = DocREModel.from_pretrained(PRE27 / "stage1" / "best")
+    decisions = old.predict_examples(examples, iterations=0)
+    assert set(decisions) == {d.id for d in docs}
+    run = tmp_path / "run"
+    shutil.copytree(PRE27, run)
+    cfg = config(dataset, tiny_encoder, run, stages=[1])  # the fixture's settings: 2 epochs, it stopped after 1
+    model = fresh_model(cfg, seed=99)  # other initial weights: the state must bring the old ones
+    result = train_stage(cfg, 1, model, (examples, docs), (examples, docs), on_epoch=lambda r: None)
+    old_history = json.loads((PRE27 / "stage1" / "history.json").read_text())
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert result.history[0] == old_history[0]
+    assert result.history[1]["loss"] < old_history[0]["loss"]  # it went on learning from where it stopped
+    assert DocREModel.from_pretrained(run / "stage1" / "best").config == old.config
