@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -495,33 +492,3 @@ def test_a_checkpoint_and_state_written_before_the_training_speed_pass_load_and_
     assert result.history[0] == old_history[0]
     assert result.history[1]["loss"] < old_history[0]["loss"]  # it went on learning from where it stopped
     assert DocREModel.from_pretrained(run / "stage1" / "best").config == old.config
-
-
-RETAIN_PROBE = """
-import resource, sys, torch
-from docre.training.train import retain_freed_memory
-if sys.argv[1] == "retain":
-    assert retain_freed_memory()
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-warm = [torch.empty(6_000_000).fill_(1) for _ in range(3)]  # 24 MB each, as activations are
-del warm
-before = faults()
-for _ in range(10):
-    a, b = torch.empty(6_000_000).fill_(1), torch.empty(3_000_000).fill_(2)
-    del a, b
-print(faults() - before)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self").exists(), reason="glibc/Linux only")
-def test_retained_memory_is_reused_without_page_faults():
-    """Freed 24 MB blocks handed back to the kernel are faulted in again page by page on the next
-    step; retained, the same allocations fault nothing."""
-    counts = {}
-    for mode in ("release", "retain"):
-        out = subprocess.run([sys.executable, "-c", RETAIN_PROBE, mode], capture_output=True, text=True, check=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-        counts[mode] = int(out.stdout.split()[-1])
-    assert counts["release"] > 5000  # ~36 MB per iteration of fresh pages
-    assert counts["retain"] < 100

@@ -66,9 +66,6 @@ class TrainConfig(BaseModel):
     # dropout masks: hash (docre.model.dropout, a counter hash, ~3x cheaper on CPU),
     # torch (its own generator); auto: hash on CPU, torch on CUDA
     dropout_masks: Literal["auto", "hash", "torch"] = "auto"
-    # glibc malloc keeps freed blocks (up to 32 MB each) for reuse instead of handing them back to the
-    # kernel, which zeroes every page again on the next use (retain_freed_memory)
-    retain_memory: bool = True
     threads: int | None = Field(None, ge=1)  # torch threads per process; None: from the CPUs available (choose_threads)
     nproc: int = Field(1, ge=1)  # data-parallel processes on this node (torchrun; gloo on CPU, NCCL on GPU, one GPU each)
     eval_iterations: list[int] = [0, 1, 2, 3]
@@ -290,26 +287,6 @@ def choose_threads(requested: int | None, local_world: int = 1, load: float | No
     return max(1, share - busy)
 
 
-def retain_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory for reuse: blocks up to 32 MB come from the heap
-    rather than fresh mmaps, and the heap is not trimmed back. A training step allocates and frees
-    gigabytes of activations; returned to the kernel, every page is faulted and zeroed again on the
-    next step (a third of a stage-2 step's CPU time was kernel time on a 2-vCPU VM). The process
-    keeps its peak heap instead. Returns whether it applied (glibc only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return all(mallopt(option, value) == 1 for option, value in ((m_mmap_threshold, 32 << 20),
-                                                                  (m_trim_threshold, (1 << 31) - 1),
-                                                                  (m_top_pad, 256 << 20)))
-
-
 @dataclass
 class Ranks:
     """This process's place in a data-parallel run (torchrun's environment; 1 process without it)."""
@@ -433,8 +410,6 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
     state is the same whatever the number of ranks, so a run resumes on any number.
     """
     sc = cfg.stage1 if stage == 1 else cfg.stage2
-    if cfg.retain_memory and next(model.parameters()).device.type == "cpu":
-        retain_freed_memory()
     ranks = _ranks()
     W = ranks.world
     device = next(model.parameters()).device
