@@ -160,10 +160,12 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=160, help="first n training documents (0: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="1,2")
-    ap.add_argument("--variants", default="old,new,new-NxT",
-                    help="comma-separated: old (its CLI's environment: no OMP_WAIT_POLICY), old-passive, new "
-                         "(OMP_WAIT_POLICY=PASSIVE, as docre train sets it), new-active (unset), new-NxT "
-                         "(--threads processes x 1 thread, gloo), new-1t (1 process x 1 thread)")
+    ap.add_argument("--variants", default="old,new,new-bf16,new-bf16-NxT",
+                    help="comma-separated: old (its CLI's environment: no OMP_WAIT_POLICY), old-passive; the "
+                         "current code in fp32 with torch's dropout masks: new (OMP_WAIT_POLICY=PASSIVE, as "
+                         "docre train sets it), new-active (unset), new-NxT (--threads processes x 1 thread, "
+                         "gloo), new-1t (1 process x 1 thread), new-hash (hashed masks); in bf16 with hashed "
+                         "masks (auto on a CPU with AVX-512 BF16): new-bf16, new-bf16-NxT, new-bf16-1t")
     ap.add_argument("--busy", type=int, default=0,
                     help="start this many single-thread busy loops for the duration (a loaded machine, as "
                          "another job on the same cores)")
