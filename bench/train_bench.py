@@ -52,7 +52,8 @@ train = (examples[:n], docs[:n])
 dev = (examples[-1:], docs[-1:])
 inventory = read_manifest(args["data"]).relation_inventory
 torch.manual_seed(0)
-model = DocREModel.create(ModelConfig(max_labels=1), inventory)
+model_options = args["options"].pop("model", {}) if args["new"] else {}
+model = DocREModel.create(ModelConfig(max_labels=1, **model_options), inventory)
 times = {}
 def timed(name, fn, training_only=False):
     def wrapper(*a, **k):
@@ -165,7 +166,8 @@ def main() -> None:
                          "current code in fp32 with torch's dropout masks: new (OMP_WAIT_POLICY=PASSIVE, as "
                          "docre train sets it), new-active (unset), new-NxT (--threads processes x 1 thread, "
                          "gloo), new-1t (1 process x 1 thread), new-hash (hashed masks); in bf16 with hashed "
-                         "masks (auto on a CPU with AVX-512 BF16): new-bf16, new-bf16-NxT, new-bf16-1t")
+                         "masks (auto on a CPU with AVX-512 BF16): new-bf16, new-bf16-NxT, new-bf16-1t, new-bf16-oneview "
+                         "(stage 2 without L_C, so without the second view)")
     ap.add_argument("--busy", type=int, default=0,
                     help="start this many single-thread busy loops for the duration (a loaded machine, as "
                          "another job on the same cores)")
@@ -193,7 +195,9 @@ def _measure(args: argparse.Namespace) -> None:
                 "new-hash": (ROOT, True, 1, args.threads, "PASSIVE", hashed),
                 "new-bf16": (ROOT, True, 1, args.threads, "PASSIVE", bf16),
                 "new-bf16-NxT": (ROOT, True, args.threads, 1, "PASSIVE", bf16),
-                "new-bf16-1t": (ROOT, True, 1, 1, "PASSIVE", bf16)}
+                "new-bf16-1t": (ROOT, True, 1, 1, "PASSIVE", bf16),
+                # stage 2 without the contrastive loss: one view, what the second one costs
+                "new-bf16-oneview": (ROOT, True, 1, args.threads, "PASSIVE", bf16 | {"model": {"contrastive": "none"}})}
     rows = []
     for stage in [int(s) for s in args.stages.split(",")]:
         for name in args.variants.split(","):

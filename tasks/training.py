@@ -67,8 +67,9 @@ def train_stage(cfg: TrainConfig, stage: int, work_url: str | None = None, progr
         restored = store.pull_stage_state(stage_url, stage_dir)
         if restored is not None:
             logger.info("stage %d: resumed from %s after epoch %d", stage, lib.redact_url(stage_url), restored + 1)
-    logger.info("stage %d: %d epochs on %s (precision %s, %d process%s), output %s", stage, sc.epochs,
-                resolve_device(cfg.device), train_precision(resolve_device(cfg.device), cfg.precision), cfg.nproc, "" if cfg.nproc == 1 else "es", cfg.out_dir)
+    device = resolve_device(cfg.device)
+    logger.info("stage %d: %d epochs on %s (precision %s, %d process%s), output %s", stage, sc.epochs, device,
+                train_precision(device, cfg.precision), cfg.nproc, "" if cfg.nproc == 1 else "es", cfg.out_dir)
     progress_id = create_progress_artifact(0.0, key=f"docre-train-stage-{stage}",
                                            description=f"DocRE-II stage {stage}: starting")
     best_file = stage_dir / "best" / "model.safetensors"

@@ -40,8 +40,9 @@ def config(encoder: str, stage1_epochs: int, lr: float, stage2_epochs: int = 1, 
 
 def train(model_store: str, work, cfg: dict, **kw):
     from flows.train import docre_train
+    # fp32 whatever the CPU: with precision auto, CPUs with bf16 instructions would train in bf16
     return docre_train(CDR, CDR, model_store, work_dir=str(work), config=cfg, progress_every=1, return_state=True,
-                       **kw)
+                       **({"precision": "fp32"} | kw))
 
 
 def artifacts(flow_run_id) -> dict:

@@ -28,7 +28,7 @@ def trained(tiny_encoder, tmp_path_factory) -> Path:
               "stage1": {"epochs": 1, "batch_size": 2}, "stage2": {"epochs": 1, "batch_size": 2},
               "model": {"encoder": tiny_encoder, "feature_dim": 16, "iterations": 2,
                         "inference": {"num_layers": 1}},
-              "progress": False}
+              "progress": False, "precision": "fp32"}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(root / "config.yaml")]) == 0
     return root

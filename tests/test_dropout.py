@@ -29,6 +29,39 @@ def test_lowbias32_equals_the_unsigned_reference_including_negative_intermediate
     assert [g & 0xFFFFFFFF for g in got] == [lowbias32_reference(c) for c in counters]
 
 
+def test_the_mask_stream_is_the_keyed_counter_hash():
+    """Element i of a mask is the 16-bit half (i mod 2) of lowbias32(i // 2 x multiplier + offset)."""
+    seed, n, p = 4242, 1001, 0.3
+    mask = D.drop_mask((n,), p, seed).tolist()
+    m, a = D.mask_key(seed)
+    assert m % 2 == 1  # odd: i -> i x m is a bijection mod 2^32
+    for i in (0, 1, 2, 3, 500, 999, 1000):
+        h = lowbias32_reference((i // 2) * m + a)
+        half = (h >> 16 * (i % 2)) & 0xFFFF  # little-endian halves
+        signed = half - 65536 if half >= 32768 else half
+        assert mask[i] == (signed < -32768 + round(p * 65536)), i
+
+
+def test_masks_of_nearby_seeds_are_not_shifted_copies():
+    """With a plain seed + index counter, seed s + d gave seed s's mask shifted by 2d elements."""
+    n, q = 1 << 16, D.effective_rate(0.5)
+    base = D.drop_mask((n,), 0.5, seed=1000)
+    for d in (1, 2, 3, 17):
+        other = D.drop_mask((n,), 0.5, seed=1000 + d)
+        agree = (base[2 * d:] == other[:-2 * d]).double().mean().item()
+        assert abs(agree - (q * q + (1 - q) * (1 - q))) < 0.02, d  # as for independent masks
+
+
+def test_rates_near_one_stay_below_one_and_one_is_refused():
+    assert D.effective_rate(1 - 2**-17) == 65535 / 65536
+    mask = D.drop_mask((1 << 16,), 1 - 2**-17, seed=1)
+    assert mask.double().mean().item() > 0.99
+    y = D.hash_dropout(torch.ones(1000), 1 - 2**-17)  # no division by zero
+    assert torch.isfinite(y).all()
+    with pytest.raises(ValueError, match="rate"):
+        D.drop_mask((4,), 1.0, seed=1)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.02])
 def test_masks_drop_at_the_rate_independently_of_neighbours(p):
     n = 1 << 21
@@ -123,14 +156,22 @@ def test_an_encoder_inside_hash_dropout_in_trains_with_hashed_masks_and_is_resto
     reference = model(input_ids=ids, attention_mask=mask).last_hidden_state
     originals = [m for m in model.modules() if type(m) is nn.Dropout]
     with D.hash_dropout_in(model) as switched:
-        assert switched and model.config._attn_implementation == D._NAME
+        assert switched and model.config._attn_implementation == D.ATTENTION_IMPLEMENTATION
         hashed = [m for m in model.modules() if isinstance(m, nn.Dropout)]
         assert len(hashed) == len(originals) and all(isinstance(m, D.HashDropout) for m in hashed)
         assert all(not m.training for m in hashed)  # the model's mode carries over
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).last_hidden_state, reference)
         model.train()
-        torch.manual_seed(3)
-        a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        calls = []
+        original = D.drop_mask
+        D.drop_mask = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+        try:
+            torch.manual_seed(3)
+            a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        finally:
+            D.drop_mask = original
+        # per layer: the attention map [B, H, T, T], then two hidden-state masks; plus the embeddings'
+        assert (2, 4, 12, 12) in calls and len(calls) == 1 + 2 * 3
         torch.manual_seed(3)
         b = model(input_ids=ids, attention_mask=mask).last_hidden_state
         torch.manual_seed(4)
@@ -154,3 +195,37 @@ def test_with_dropout_off_the_hashed_training_forward_is_the_plain_one():
     with D.hash_dropout_in(model):
         hashed = model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(hashed, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_the_encoder_is_restored_when_training_raises():
+    model = tiny_bert(0.1)
+    originals = [m for m in model.modules() if type(m) is nn.Dropout]
+    with pytest.raises(RuntimeError, match="inside"):
+        with D.hash_dropout_in(model):
+            raise RuntimeError("inside")
+    assert model.config._attn_implementation == "sdpa"
+    assert [m for m in model.modules() if isinstance(m, nn.Dropout)] == originals
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_the_hashed_training_attention_with_nothing_dropped_is_the_evaluation_forward(monkeypatch, padded):
+    """Attention dropout on, but every mask keeps everything: the hashed path (its own softmax over the
+    library's mask, or no mask for an unpadded batch) must give what evaluation's sdpa gives."""
+    model = tiny_bert(0.0)
+    for layer in model.encoder.layer:
+        layer.attention.self.dropout.p = 0.2  # attention dropout only
+    ids = torch.randint(0, 50, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    if padded:
+        mask[1, 6:] = 0
+    model.eval()
+    reference = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    calls = []
+    monkeypatch.setattr(D, "drop_mask", lambda shape, p, seed, device="cpu": calls.append(p) or
+                        torch.zeros(shape, dtype=torch.bool))
+    monkeypatch.setattr(D, "effective_rate", lambda p: 0.0)
+    with D.hash_dropout_in(model):
+        model.train()
+        hashed = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls == [0.2, 0.2]  # the hashed path ran, once per layer
+    torch.testing.assert_close(hashed, reference, atol=1e-5, rtol=1e-5)

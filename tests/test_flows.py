@@ -33,7 +33,7 @@ def test_train_flow_artifacts_and_model_store(prefect_api, s3, tiny_encoder, tmp
     # floor 0: this 1-epoch random model may score F1 0, and this test is about the artifacts and the store
     # (promotion rules: tests/test_champion.py)
     state = docre_train(CDR, CDR, store, work_dir=str(tmp_path / "work"), config=config, floor=0.0,
-                        return_state=True)
+                        precision="fp32", return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     version = result["version"]

@@ -42,7 +42,7 @@ def entity_embeddings(hidden: torch.Tensor, attention: torch.Tensor, mention_pos
     counts = torch.zeros(n_max, device=hidden.device, dtype=hidden.dtype).index_add_(
         0, ent_idx, torch.ones_like(ent_idx, dtype=hidden.dtype))
     ents = torch.logsumexp(padded, dim=1) * (counts > 0)[:, None]  # entities with no mention -> 0
-    atts = hidden.new_zeros(n_max, H, T).index_add_(0, ent_idx, attention[:, pos].transpose(0, 1))
+    atts = hidden.new_zeros(n_max, H, T).index_add_(0, ent_idx, attention[:, pos].transpose(0, 1).to(hidden.dtype))
     atts = atts / counts.clamp(min=1)[:, None, None]
     return ents, atts
 
@@ -79,7 +79,8 @@ def batched_entity_embeddings(hidden: torch.Tensor, rows_att: torch.Tensor, m_to
     flat = b_idx * n_max + e_idx
     counts = hidden.new_zeros(B * n_max).index_add_(0, flat, torch.ones_like(flat, dtype=hidden.dtype))
     ents = torch.logsumexp(padded, dim=2) * (counts > 0).view(B, n_max, 1)  # entities with no mention -> 0
-    # under a bf16 autocast the rows come from a bf16 matmul while hidden is a LayerNorm output
+    # under CPU bf16 autocast the rows' softmax stays bf16 (CUDA autocast returns fp32) while hidden,
+    # a LayerNorm output, is fp32
     atts = hidden.new_zeros(B * n_max, H, T).index_add_(0, flat, rows_att[m_valid].to(hidden.dtype))
     atts = atts / counts.clamp(min=1)[:, None, None]
     return ents, atts.view(B, n_max, H, T)

@@ -5,10 +5,12 @@ MiniLM's attention probabilities ([B, H, T, T], about 6M values per batch of 4 C
 six layers) the masks took 29% of a bf16 training step. Hashing a counter gives the same
 Bernoulli(1 - p) masks in distribution with a few vectorised integer operations: every
 element's 16 random bits come from `lowbias32` (a 32-bit integer finaliser with full
-avalanche) of its own index plus a seed drawn from torch's default generator, so
-`torch.manual_seed` still fixes every mask and the two halves of one 32-bit hash serve two
-elements. The model, the rates and where dropout applies are unchanged; only the random
-stream differs from torch's.
+avalanche) of its index keyed by the mask's seed (index x odd multiplier + offset, both
+derived from the seed, so two masks are never shifted copies of each other), the two halves
+of one 32-bit hash serving two elements. Seeds are drawn from torch's default generator, so
+`torch.manual_seed` still fixes every mask. The model, the rates and where dropout applies are
+unchanged; only the random stream differs from torch's. (Measured on an AMD EPYC; torch's
+masks may be cheaper where MKL's vectorised generator serves them.)
 
 `hash_dropout_in` swaps every dropout layer of the model for `HashDropout` while it trains.
 The attention-probability dropout sits inside Hugging Face's attention function, so it also
@@ -20,13 +22,14 @@ attention. On CUDA torch's own dropout is cheap
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import torch
 from torch import nn
 
-_SEED_RANGE = 1 << 30  # seed + element index stays below 2^31 for tensors of up to 2^31 elements
+ATTENTION_IMPLEMENTATION = "docre_hash_dropout"  # the name hash_attention is registered under
+_SEED_RANGE = 1 << 30
 _M1 = 0x7FEB352D  # lowbias32's multipliers (as signed 32-bit integers where needed)
 _M2 = 0x846CA68B - (1 << 32)
 
@@ -42,25 +45,53 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _mix(v: int) -> int:
+    """lowbias32 of one Python integer, as an unsigned 32-bit value."""
+    v &= 0xFFFFFFFF
+    v ^= v >> 16
+    v = (v * 0x7FEB352D) & 0xFFFFFFFF
+    v ^= v >> 15
+    v = (v * 0x846CA68B) & 0xFFFFFFFF
+    return v ^ (v >> 16)
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def mask_key(seed: int) -> tuple[int, int]:
+    """(odd multiplier, offset) of a seed's counter, as signed 32-bit integers: element i of the mask
+    hashes i x multiplier + offset. With an offset alone (seed + i), a mask with a seed d higher would
+    be the first one shifted by 2d elements."""
+    return _signed(_mix(seed) | 1), _signed(_mix(seed ^ 0x5BD1E995))
+
+
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int,
               device: torch.device | str = "cpu") -> torch.Tensor:
-    """A bool tensor of `shape`, True where an element is dropped, with probability
-    round(p * 2^16) / 2^16 each (the rate `effective_rate` reports), independently of its neighbours."""
+    """A bool tensor of `shape`, True where an element is dropped, each independently with the
+    probability `effective_rate(p)` (p rounded to a multiple of 2^-16, below 1)."""
     n = 1
     for s in shape:
         n *= int(s)
     if not 0 <= seed < _SEED_RANGE:
         raise ValueError(f"drop_mask: seed must be in [0, 2^30), got {seed}")
-    if n >= (1 << 31) - _SEED_RANGE:
-        raise ValueError(f"drop_mask: {n} elements is more than one mask supports")
-    x = torch.arange(seed, seed + (n + 1) // 2, dtype=torch.int32, device=device)
+    if not 0 <= p < 1:
+        raise ValueError(f"drop_mask: the rate must be in [0, 1), got {p}")
+    if (n + 1) // 2 >= 1 << 31:
+        raise ValueError(f"drop_mask: {n} elements is more than one mask supports (2^32)")
+    multiplier, offset = mask_key(seed)
+    x = torch.arange((n + 1) // 2, dtype=torch.int32, device=device).mul_(multiplier).add_(offset)
     bits = lowbias32(x).view(torch.int16)[:n]  # two 16-bit draws per hash
-    return (bits < (-32768 + round(p * 65536))).view(shape)
+    return (bits < (-32768 + _threshold(p))).view(shape)
+
+
+def _threshold(p: float) -> int:
+    return min(round(p * 65536), 65535)
 
 
 def effective_rate(p: float) -> float:
-    """The drop probability a hashed mask realises for rate `p` (p rounded to a multiple of 2^-16)."""
-    return round(p * 65536) / 65536
+    """The drop probability a hashed mask realises for rate `p` (a multiple of 2^-16, at most 1 - 2^-16)."""
+    return _threshold(p) / 65536
 
 
 def next_seed() -> int:
@@ -92,11 +123,15 @@ def hash_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
 
     With dropout: softmax(q k^T * scaling + mask), a hashed mask on the probabilities, times v,
     with 1 / (1 - p) applied to the [B, H, T, d_h] output rather than the [B, H, T, T] map. Without
-    dropout (evaluation): the library's scaled-dot-product attention, unchanged."""
+    dropout (evaluation), and for what this path does not cover (causal or sliding-window
+    attention, soft-capping, grouped key/value heads, rate 1), the library's scaled-dot-product
+    attention with torch's own dropout."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    if dropout == 0 or not module.training:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling,
-                                      **kwargs)
+    special = (getattr(module, "is_causal", False) or kwargs.get("is_causal") or kwargs.get("sliding_window")
+               or kwargs.get("softcap") or key.shape[1] != query.shape[1] or dropout >= 1)
+    if dropout == 0 or not module.training or special:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout if module.training else 0.0, scaling=scaling, **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scaling)
     if attention_mask is not None:
@@ -111,46 +146,42 @@ def hash_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
     return out.transpose(1, 2).contiguous(), None
 
 
-_NAME = "docre_hash_dropout"
-
-
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    AttentionInterface.register(_NAME, hash_attention)
-    AttentionMaskInterface.register(_NAME, sdpa_mask)  # the same masks the sdpa implementation gets
+    AttentionInterface.register(ATTENTION_IMPLEMENTATION, hash_attention)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)  # the masks sdpa gets
 
 
 @contextmanager
 def hash_dropout_in(model: nn.Module, encoder: nn.Module | None = None) -> Iterator[bool]:
     """For the duration: every `nn.Dropout` in `model` draws hashed masks, and the attention of
     `encoder` (a Hugging Face model inside it, or `model` itself) runs through `hash_attention`.
-    Yields whether the attention could be switched (a model without `set_attn_implementation`, or
-    one not on sdpa, keeps its own attention and still gets hashed dropout elsewhere). Everything is
-    restored on exit."""
+    Yields whether the attention could be switched (a model not on sdpa, or a transformers version
+    without registered attention functions, keeps its own attention and still gets hashed dropout
+    elsewhere). Everything is restored on exit, also when the body raises."""
     encoder = model if encoder is None else encoder
-    swapped: list[tuple[nn.Module, str, nn.Dropout]] = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
-                setattr(parent, name, HashDropout(child.p, child.inplace).train(child.training))
-                swapped.append((parent, name, child))
-    config = getattr(encoder, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    attention = before == "sdpa" and hasattr(encoder, "set_attn_implementation")
-    if attention:
-        _register()
-        try:
-            encoder.set_attn_implementation(_NAME)
-        except (ValueError, NotImplementedError):  # an architecture that takes no registered attention
-            attention = False
-    try:
+    with ExitStack() as undo:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Dropout:
+                    setattr(parent, name, HashDropout(child.p, child.inplace).train(child.training))
+                    undo.callback(_put_back, parent, name, child)
+        before = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
+        attention = False
+        if before == "sdpa" and hasattr(encoder, "set_attn_implementation"):
+            try:
+                _register()
+                encoder.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+                attention = True
+                undo.callback(encoder.set_attn_implementation, before)
+            except (ImportError, ValueError, NotImplementedError):  # no registered attention here
+                pass
         yield attention
-    finally:
-        if attention:
-            encoder.set_attn_implementation(before)
-        for parent, name, original in swapped:
-            current = getattr(parent, name)
-            original.p = current.p  # a rate or mode changed meanwhile stays changed
-            original.train(current.training)
-            setattr(parent, name, original)
+
+
+def _put_back(parent: nn.Module, name: str, original: nn.Dropout) -> None:
+    current = getattr(parent, name)
+    original.p = current.p  # a rate or mode changed meanwhile stays changed
+    original.train(current.training)
+    setattr(parent, name, original)

@@ -9,6 +9,7 @@ validation split as a `save_pretrained` directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -203,6 +204,7 @@ class StageResult:
     history: list[dict] = field(default_factory=list)
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX): there bf16 matmuls run several
     times faster than fp32 (BENCHMARKS.md); elsewhere oneDNN emulates them and fp32 is faster."""
@@ -222,13 +224,13 @@ def train_precision(device: torch.device, precision: str) -> str:
     return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
 
 
-def _train_autocast(device: torch.device, precision: str):
+def _train_autocast(device: torch.device, precision: str) -> torch.autocast:
     if device.type == "cuda" and precision == "auto":
         return precision_autocast(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_precision(device, precision) == "bf16")
 
 
-def _dropout_masks(model: DocREModel, device: torch.device, masks: str):
+def _dropout_masks(model: DocREModel, device: torch.device, masks: str) -> contextlib.AbstractContextManager:
     """Hashed dropout masks for the training batches of an epoch (a no-op context with torch's)."""
     if masks == "hash" or (masks == "auto" and device.type == "cpu"):
         return hash_dropout_in(model, encoder=model.base.encoder.model)
