@@ -33,7 +33,7 @@ def dask_address():
 def config(encoder: str, stage1_epochs: int, lr: float, stage2_epochs: int = 1, limit_train: int | None = None
            ) -> dict:
     return {"limit_train": limit_train, "model": {"encoder": encoder, "feature_dim": 32, "iterations": 2}, "threads": 1, "max_tokens": None,
-            "seed": 66, "eval_iterations": [0, 1, 2],
+            "seed": 66, "eval_iterations": [0, 1, 2], "dropout_masks": "torch",  # the stream these tests were tuned on
             "stage1": {"epochs": stage1_epochs, "batch_size": 2, "lr_encoder": lr, "lr_head": 10 * lr},
             "stage2": {"epochs": stage2_epochs, "batch_size": 2, "lr_encoder": lr, "lr_head": 10 * lr}}
 
@@ -236,7 +236,7 @@ def test_killed_run_resumes_through_the_flow_to_the_same_model(prefect_api, tiny
     work_url = str(tmp_path / "b" / "object-store-work")
     resumed = docre_train.with_options(retries=1, retry_delay_seconds=0)(
         CDR, CDR, str(tmp_path / "b" / "models"), work_dir=str(tmp_path / "b" / "work"), work_url=work_url,
-        config=cfg, return_state=True)
+        config=cfg, precision="fp32", return_state=True)
     assert resumed.is_completed(), resumed.message
     assert not (faults / "train-stage1-epoch1").exists()  # the fault fired
     with get_client(sync_client=True) as client:
