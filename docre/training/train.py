@@ -29,7 +29,7 @@ from ..data.batch import Example, collate, training_batches
 from ..data.document import Document
 from ..data.tokenize import read_parquet_rows
 from .metrics import docred_doc_counts, docred_scores
-from ..model.docre_ii import DocREModel, ModelConfig, precision_autocast
+from ..model.docre_ii import DocREModel, ModelConfig
 from ..model.dropout import hash_dropout_in
 
 
@@ -225,8 +225,6 @@ def train_precision(device: torch.device, precision: str) -> str:
 
 
 def _train_autocast(device: torch.device, precision: str) -> torch.autocast:
-    if device.type == "cuda" and precision == "auto":
-        return precision_autocast(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_precision(device, precision) == "bf16")
 
 
