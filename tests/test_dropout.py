@@ -1,9 +1,10 @@
-"""Hashed dropout masks (docre.model.dropout): the hash itself, the masks' statistics, the dropout and
+"""Fast dropout masks (docre.model.dropout): the bit stream, the masks' statistics, the dropout and
 attention functions against hand-computed forms, and the switch into and out of a Hugging Face encoder."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,51 +13,34 @@ from transformers import BertConfig, BertModel
 from docre.model import dropout as D
 
 
-def lowbias32_reference(v: int) -> int:
-    """lowbias32 in plain Python integers (unsigned 32-bit arithmetic)."""
-    v &= 0xFFFFFFFF
-    v ^= v >> 16
-    v = (v * 0x7FEB352D) & 0xFFFFFFFF
-    v ^= v >> 15
-    v = (v * 0x846CA68B) & 0xFFFFFFFF
-    v ^= v >> 16
-    return v
-
-
-def test_lowbias32_equals_the_unsigned_reference_including_negative_intermediates():
-    counters = list(range(0, 70_000, 7)) + [2**30 - 1, 2**30, 2**31 - 5, 2**31 - 1, 123456789]
-    got = D.lowbias32(torch.tensor(counters, dtype=torch.int32)).tolist()
-    assert [g & 0xFFFFFFFF for g in got] == [lowbias32_reference(c) for c in counters]
-
-
-def test_the_mask_stream_is_the_keyed_counter_hash():
-    """Element i of a mask is the 16-bit half (i mod 2) of lowbias32(i // 2 x multiplier + offset)."""
+def test_the_mask_stream_is_sfc64s_raw_output_in_16_bit_quarters():
+    """Element i of a mask is the 16-bit quarter (i mod 4) of SFC64(seed)'s draw i // 4, as a signed
+    integer, dropped below the rate's threshold."""
     seed, n, p = 4242, 1001, 0.3
     mask = D.drop_mask((n,), p, seed).tolist()
-    m, a = D.mask_key(seed)
-    assert m % 2 == 1  # odd: i -> i x m is a bijection mod 2^32
-    for i in (0, 1, 2, 3, 500, 999, 1000):
-        h = lowbias32_reference((i // 2) * m + a)
-        half = (h >> 16 * (i % 2)) & 0xFFFF  # little-endian halves
-        signed = half - 65536 if half >= 32768 else half
+    draws = [int(v) for v in np.random.SFC64(seed).random_raw((n + 3) // 4)]
+    for i in (0, 1, 2, 3, 4, 500, 999, 1000):
+        quarter = (draws[i // 4] >> 16 * (i % 4)) & 0xFFFF  # little-endian quarters
+        signed = quarter - 65536 if quarter >= 32768 else quarter
         assert mask[i] == (signed < -32768 + round(p * 65536)), i
 
 
 def test_masks_of_nearby_seeds_are_not_shifted_copies():
-    """With a plain seed + index counter, seed s + d gave seed s's mask shifted by 2d elements."""
+    """Nearby seeds give unrelated streams, not shifted copies of one stream."""
     n, q = 1 << 16, D.effective_rate(0.5)
     base = D.drop_mask((n,), 0.5, seed=1000)
     for d in (1, 2, 3, 17):
         other = D.drop_mask((n,), 0.5, seed=1000 + d)
-        agree = (base[2 * d:] == other[:-2 * d]).double().mean().item()
-        assert abs(agree - (q * q + (1 - q) * (1 - q))) < 0.02, d  # as for independent masks
+        for shift in (0, 1, 4 * d):  # aligned, and shifted by whole draws
+            agree = (base[shift:] == other[:n - shift]).double().mean().item()
+            assert abs(agree - (q * q + (1 - q) * (1 - q))) < 0.02, (d, shift)  # as for independent masks
 
 
 def test_rates_near_one_stay_below_one_and_one_is_refused():
     assert D.effective_rate(1 - 2**-17) == 65535 / 65536
     mask = D.drop_mask((1 << 16,), 1 - 2**-17, seed=1)
     assert mask.double().mean().item() > 0.99
-    y = D.hash_dropout(torch.ones(1000), 1 - 2**-17)  # no division by zero
+    y = D.fast_dropout(torch.ones(1000), 1 - 2**-17)  # no division by zero
     assert torch.isfinite(y).all()
     with pytest.raises(ValueError, match="rate"):
         D.drop_mask((4,), 1.0, seed=1)
@@ -70,8 +54,8 @@ def test_masks_drop_at_the_rate_independently_of_neighbours(p):
     assert abs(q - p) <= 2**-17
     sigma = math.sqrt(q * (1 - q) / n)
     assert abs(mask.mean().item() - q) < 5 * sigma
-    # the two halves of one hash (2i, 2i+1) and neighbours across hashes (2i+1, 2i+2): P(both) = q^2
-    for a, b in [(mask[0::2], mask[1::2]), (mask[1:-1:2], mask[2::2])]:
+    # quarters of one draw (4i, 4i+1), (4i+1, 4i+3) and neighbours across draws (4i+3, 4i+4): P(both) = q^2
+    for a, b in [(mask[0::4], mask[1::4]), (mask[1::4], mask[3::4]), (mask[3:-1:4], mask[4::4])]:
         both = (a * b).mean().item()
         assert abs(both - q * q) < 5 * math.sqrt(q * q * (1 - q * q) / len(a))
     # 2x2 blocks of a [T, T] attention map: the row below is as independent as the next element
@@ -84,28 +68,28 @@ def test_masks_are_fixed_by_the_seed_and_differ_between_seeds():
     a = D.drop_mask((64, 33), 0.1, seed=5)
     assert torch.equal(a, D.drop_mask((64, 33), 0.1, seed=5))
     assert not torch.equal(a, D.drop_mask((64, 33), 0.1, seed=6))
-    assert a.shape == (64, 33) and a.dtype == torch.bool  # odd element count: the last hash is half used
+    assert a.shape == (64, 33) and a.dtype == torch.bool  # odd element count: the last draw is partly used
     with pytest.raises(ValueError, match="seed"):
         D.drop_mask((4,), 0.1, seed=-1)
 
 
-def test_hash_dropout_zeroes_the_mask_scales_the_rest_and_follows_manual_seed():
+def test_fast_dropout_zeroes_the_mask_scales_the_rest_and_follows_manual_seed():
     x = torch.randn(3, 50, 40, requires_grad=True)
     torch.manual_seed(11)
     seed = D.next_seed()
     torch.manual_seed(11)
-    y = D.hash_dropout(x, 0.1)
+    y = D.fast_dropout(x, 0.1)
     dropped = D.drop_mask(x.shape, 0.1, seed)
     scale = 1 / (1 - D.effective_rate(0.1))
     torch.testing.assert_close(y, torch.where(dropped, 0.0, x * scale))
     y.sum().backward()
     torch.testing.assert_close(x.grad, torch.where(dropped, 0.0, torch.full_like(x, scale)))
     torch.manual_seed(11)
-    assert torch.equal(D.hash_dropout(x, 0.1), y)  # torch.manual_seed fixes the mask
-    assert D.hash_dropout(x, 0.1, training=False) is x and D.hash_dropout(x, 0.0) is x
-    assert torch.count_nonzero(D.hash_dropout(x, 1.0)) == 0
+    assert torch.equal(D.fast_dropout(x, 0.1), y)  # torch.manual_seed fixes the mask
+    assert D.fast_dropout(x, 0.1, training=False) is x and D.fast_dropout(x, 0.0) is x
+    assert torch.count_nonzero(D.fast_dropout(x, 1.0)) == 0
     big = torch.ones(1 << 20)
-    assert abs(D.hash_dropout(big, 0.3).mean().item() - 1.0) < 0.01  # unbiased: E[dropout(x)] = x
+    assert abs(D.fast_dropout(big, 0.3).mean().item() - 1.0) < 0.01  # unbiased: E[dropout(x)] = x
 
 
 def eager_attention(q, k, v, keep_mask, bias, scale_p):
@@ -114,7 +98,7 @@ def eager_attention(q, k, v, keep_mask, bias, scale_p):
     return (torch.where(keep_mask, probs, 0.0) / (1 - scale_p) @ v).transpose(1, 2)
 
 
-def test_hash_attention_is_the_eager_path_with_a_hashed_mask(monkeypatch):
+def test_fast_attention_is_the_eager_path_with_a_fast_mask(monkeypatch):
     torch.manual_seed(0)
     B, H, T, d = 2, 3, 9, 4
     q, k, v = (torch.randn(B, H, T, d, requires_grad=True) for _ in range(3))
@@ -122,7 +106,7 @@ def test_hash_attention_is_the_eager_path_with_a_hashed_mask(monkeypatch):
     attend[1, :, :, 6:] = False  # the second document is padded after 6 tokens
     module = nn.Module().train()
     monkeypatch.setattr(D, "next_seed", lambda: 99)
-    out, weights = D.hash_attention(module, q, k, v, attend, scaling=d ** -0.5, dropout=0.25)
+    out, weights = D.fast_attention(module, q, k, v, attend, scaling=d ** -0.5, dropout=0.25)
     assert weights is None and out.shape == (B, T, H, d)
     keep = ~D.drop_mask((B, H, T, T), 0.25, 99)
     bias = torch.zeros(B, 1, T, T).masked_fill(~attend, torch.finfo(torch.float32).min)
@@ -135,7 +119,7 @@ def test_hash_attention_is_the_eager_path_with_a_hashed_mask(monkeypatch):
         torch.testing.assert_close(a, b)
     # evaluation (or rate 0) is the library's fused attention: no mask at all
     module.eval()
-    out_eval, _ = D.hash_attention(module, q, k, v, attend, scaling=d ** -0.5, dropout=0.25)
+    out_eval, _ = D.fast_attention(module, q, k, v, attend, scaling=d ** -0.5, dropout=0.25)
     no_drop = eager_attention(q, k, v, torch.ones(B, H, T, T, dtype=torch.bool), bias, 0.0)
     torch.testing.assert_close(out_eval, no_drop, atol=1e-5, rtol=1e-5)
 
@@ -147,7 +131,7 @@ def tiny_bert(dropout: float) -> BertModel:
                                 attention_probs_dropout_prob=dropout, attn_implementation="sdpa"))
 
 
-def test_an_encoder_inside_hash_dropout_in_trains_with_hashed_masks_and_is_restored():
+def test_an_encoder_inside_fast_dropout_in_trains_with_fast_masks_and_is_restored():
     model = tiny_bert(0.1)
     ids = torch.randint(0, 50, (2, 12))
     mask = torch.ones(2, 12, dtype=torch.long)
@@ -155,11 +139,11 @@ def test_an_encoder_inside_hash_dropout_in_trains_with_hashed_masks_and_is_resto
     model.eval()
     reference = model(input_ids=ids, attention_mask=mask).last_hidden_state
     originals = [m for m in model.modules() if type(m) is nn.Dropout]
-    with D.hash_dropout_in(model) as switched:
+    with D.fast_dropout_in(model) as switched:
         assert switched and model.config._attn_implementation == D.ATTENTION_IMPLEMENTATION
-        hashed = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-        assert len(hashed) == len(originals) and all(isinstance(m, D.HashDropout) for m in hashed)
-        assert all(not m.training for m in hashed)  # the model's mode carries over
+        fast = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+        assert len(fast) == len(originals) and all(isinstance(m, D.FastDropout) for m in fast)
+        assert all(not m.training for m in fast)  # the model's mode carries over
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).last_hidden_state, reference)
         model.train()
         calls = []
@@ -186,30 +170,30 @@ def test_an_encoder_inside_hash_dropout_in_trains_with_hashed_masks_and_is_resto
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).last_hidden_state, reference)
 
 
-def test_with_dropout_off_the_hashed_training_forward_is_the_plain_one():
+def test_with_dropout_off_the_fast_training_forward_is_the_plain_one():
     model = tiny_bert(0.0).train()
     ids = torch.randint(0, 50, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[0, 7:] = 0
     plain = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    with D.hash_dropout_in(model):
-        hashed = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    torch.testing.assert_close(hashed, plain, atol=1e-5, rtol=1e-5)
+    with D.fast_dropout_in(model):
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
 
 def test_the_encoder_is_restored_when_training_raises():
     model = tiny_bert(0.1)
     originals = [m for m in model.modules() if type(m) is nn.Dropout]
     with pytest.raises(RuntimeError, match="inside"):
-        with D.hash_dropout_in(model):
+        with D.fast_dropout_in(model):
             raise RuntimeError("inside")
     assert model.config._attn_implementation == "sdpa"
     assert [m for m in model.modules() if isinstance(m, nn.Dropout)] == originals
 
 
 @pytest.mark.parametrize("padded", [True, False])
-def test_the_hashed_training_attention_with_nothing_dropped_is_the_evaluation_forward(monkeypatch, padded):
-    """Attention dropout on, but every mask keeps everything: the hashed path (its own softmax over the
+def test_the_fast_training_attention_with_nothing_dropped_is_the_evaluation_forward(monkeypatch, padded):
+    """Attention dropout on, but every mask keeps everything: the fast path (its own softmax over the
     library's mask, or no mask for an unpadded batch) must give what evaluation's sdpa gives."""
     model = tiny_bert(0.0)
     for layer in model.encoder.layer:
@@ -224,8 +208,8 @@ def test_the_hashed_training_attention_with_nothing_dropped_is_the_evaluation_fo
     monkeypatch.setattr(D, "drop_mask", lambda shape, p, seed, device="cpu": calls.append(p) or
                         torch.zeros(shape, dtype=torch.bool))
     monkeypatch.setattr(D, "effective_rate", lambda p: 0.0)
-    with D.hash_dropout_in(model):
+    with D.fast_dropout_in(model):
         model.train()
-        hashed = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert calls == [0.2, 0.2]  # the hashed path ran, once per layer
-    torch.testing.assert_close(hashed, reference, atol=1e-5, rtol=1e-5)
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls == [0.2, 0.2]  # the fast path ran, once per layer
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)

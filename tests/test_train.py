@@ -459,11 +459,11 @@ def test_bf16_training_on_cpu_runs_and_records_its_precision(dataset, tiny_encod
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 masters under autocast
 
 
-def test_hashed_dropout_masks_are_reproducible_and_are_the_ones_used(dataset, tiny_encoder, tmp_path):
-    """The tiny encoder has dropout 0.1: a seed fixes the hashed masks (same weights twice), and they are
+def test_fast_dropout_masks_are_reproducible_and_are_the_ones_used(dataset, tiny_encoder, tmp_path):
+    """The tiny encoder has dropout 0.1: a seed fixes the fast masks (same weights twice), and they are
     not torch's (other weights than with torch's masks)."""
-    a, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "a", dropout_masks="hash")
-    b, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "b", dropout_masks="hash")
+    a, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "a", dropout_masks="fast")
+    b, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "b", dropout_masks="fast")
     c, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "c", dropout_masks="torch")
     assert_same_weights(a, b)
     with pytest.raises(AssertionError):

@@ -6,7 +6,7 @@
 * `inference.py`: the inference module, eq. 5-12, and the test-time iteration.
 * `losses.py`: the adaptive-threshold loss (eq. 13) and the contrastive loss (eq. 14).
 * `noise.py`: the noise of stage 2 (Sec. 2.3).
-* `dropout.py`: training dropout masks from a counter hash (the same rates, cheaper on CPU).
+* `dropout.py`: fast training dropout masks from numpy's generator (the same rates, cheaper on CPU).
 * `plan.py`: the prediction-time form of the inference module (same math, less work).
 * `docre_ii.py`: the whole model: configuration, the stage-1/stage-2 losses, prediction,
   safetensors checkpoints.
