@@ -17,9 +17,11 @@ new), the rest of the base module (pooling, eq. 1 context, pair head), the infer
 both views) and the rest (losses, noise, R_0); backward; clip + optimiser step; other (batch planning,
 progress, `.item()` syncs). docs/s is training documents over the epoch's training seconds.
 
-The old code's process starts as its CLI started it (no OMP_WAIT_POLICY); the new code's with
-OMP_WAIT_POLICY=PASSIVE as `docre train` now sets it. `uptime` load averages are recorded before and
-after every run: other work on the same cores slows everything down. Writes --out.
+Both codes' processes start as their CLIs start them: no OMP_WAIT_POLICY (libgomp's short spin); the
+`-passive` variants set OMP_WAIT_POLICY=PASSIVE. The new code runs with its defaults otherwise (thread
+governor, freed memory retained: docre/training/cpu.py). `uptime` load averages are recorded before and
+after every run: other work on the same cores slows everything down. `--busy-after S` starts the busy
+loops S seconds into each run instead of before it (work that arrives while training runs). Writes --out.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ if rank == 0:
         "loss": record["loss"], "eval_seconds": round(times.get("evaluate", 0.0), 2),
         "components_s": {k: round(v, 2) for k, v in comp.items()},
         "batches": len(plan), "token_padding": round(tok_pad / tok - 1, 4),
-        "cpu_seconds": round(time.process_time() - cpu0, 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 1), "thread_changes": record.get("thread_changes"),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}), flush=True)
 '''
 
@@ -124,7 +126,7 @@ def load() -> list[float]:
 
 
 def run(code: Path, new: bool, stage: int, data: str, docs: int, threads: int, procs: int,
-        policy: str | None, options: dict | None = None) -> dict:
+        policy: str | None, options: dict | None = None, busy: int = 0, busy_after: float | None = None) -> dict:
     out = tempfile.mkdtemp(prefix="train-bench-")
     args = json.dumps({"data": str(Path(data).resolve()), "docs": docs, "threads": threads, "stage": stage,
                        "out": out, "new": new, "options": options or {}})
@@ -141,7 +143,14 @@ def run(code: Path, new: bool, stage: int, data: str, docs: int, threads: int, p
         cmd = [sys.executable, str(script), args]
     before = load()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True)
+    # busy loops that arrive while this run trains (--busy-after); --busy ones run for the whole script
+    late = [subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({busy_after}); exec('while True: pass')"])
+            for _ in range(busy if busy_after is not None else 0)]
+    try:
+        proc = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True)
+    finally:
+        for p in late:
+            p.kill()
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-4000:]}")
@@ -162,19 +171,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="1,2")
     ap.add_argument("--variants", default="old,new,new-bf16,new-bf16-NxT",
-                    help="comma-separated: old (its CLI's environment: no OMP_WAIT_POLICY), old-passive; the "
-                         "current code in fp32 with torch's dropout masks: new (OMP_WAIT_POLICY=PASSIVE, as "
-                         "docre train sets it), new-active (unset), new-NxT (--threads processes x 1 thread, "
-                         "gloo), new-1t (1 process x 1 thread), new-hash (hashed masks); in bf16 with hashed "
-                         "masks (auto on a CPU with AVX-512 BF16): new-bf16, new-bf16-NxT, new-bf16-1t, new-bf16-oneview "
-                         "(stage 2 without L_C, so without the second view)")
+                    help="comma-separated: old (its CLI's environment), old-passive (OMP_WAIT_POLICY=PASSIVE); "
+                         "the current code in fp32 with torch's dropout masks: new, new-passive, new-NxT (--threads "
+                         "processes x 1 thread, gloo), new-1t (1 process x 1 thread), new-fast (fast masks); in "
+                         "bf16 with fast masks (auto on a CPU with AVX-512 BF16 or AMX): new-bf16, "
+                         "new-bf16-passive, new-bf16-NxT, new-bf16-1t, new-bf16-fixed (no thread governor), "
+                         "new-bf16-oneview (stage 2 without L_C, so without the second view)")
     ap.add_argument("--busy", type=int, default=0,
                     help="start this many single-thread busy loops for the duration (a loaded machine, as "
                          "another job on the same cores)")
+    ap.add_argument("--busy-after", type=float, default=None,
+                    help="start the --busy loops this many seconds into each run (and stop them after it)")
     ap.add_argument("--tag", default="quiet", help="section of --out these runs are written under")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     args = ap.parse_args()
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy if args.busy_after is None else 0)]
     try:
         _measure(args)
     finally:
@@ -184,25 +196,28 @@ def main() -> None:
 
 def _measure(args: argparse.Namespace) -> None:
     fp32 = {"precision": "fp32", "dropout_masks": "torch"}  # the arithmetic and random stream of the old code
-    hashed = {"precision": "fp32", "dropout_masks": "hash"}
-    bf16 = {"precision": "bf16", "dropout_masks": "hash"}  # what `auto` picks on a CPU with AVX-512 BF16
+    fast = {"precision": "fp32", "dropout_masks": "fast"}
+    bf16 = {"precision": "bf16", "dropout_masks": "fast"}  # what `auto` picks on a CPU with AVX-512 BF16 or AMX
     variants = {"old": (Path(args.old_code), False, 1, args.threads, None),
                 "old-passive": (Path(args.old_code), False, 1, args.threads, "PASSIVE"),
-                "new": (ROOT, True, 1, args.threads, "PASSIVE", fp32),
-                "new-active": (ROOT, True, 1, args.threads, None, fp32),
-                "new-NxT": (ROOT, True, args.threads, 1, "PASSIVE", fp32),
-                "new-1t": (ROOT, True, 1, 1, "PASSIVE", fp32),
-                "new-hash": (ROOT, True, 1, args.threads, "PASSIVE", hashed),
-                "new-bf16": (ROOT, True, 1, args.threads, "PASSIVE", bf16),
-                "new-bf16-NxT": (ROOT, True, args.threads, 1, "PASSIVE", bf16),
-                "new-bf16-1t": (ROOT, True, 1, 1, "PASSIVE", bf16),
+                "new": (ROOT, True, 1, args.threads, None, fp32),
+                "new-passive": (ROOT, True, 1, args.threads, "PASSIVE", fp32),
+                "new-NxT": (ROOT, True, args.threads, 1, None, fp32),
+                "new-1t": (ROOT, True, 1, 1, None, fp32),
+                "new-fast": (ROOT, True, 1, args.threads, None, fast),
+                "new-bf16": (ROOT, True, 1, args.threads, None, bf16),
+                "new-bf16-passive": (ROOT, True, 1, args.threads, "PASSIVE", bf16),
+                "new-bf16-NxT": (ROOT, True, args.threads, 1, None, bf16),
+                "new-bf16-1t": (ROOT, True, 1, 1, None, bf16),
+                "new-bf16-fixed": (ROOT, True, 1, args.threads, None, bf16 | {"adapt_threads": False}),
                 # stage 2 without the contrastive loss: one view, what the second one costs
-                "new-bf16-oneview": (ROOT, True, 1, args.threads, "PASSIVE", bf16 | {"model": {"contrastive": "none"}})}
+                "new-bf16-oneview": (ROOT, True, 1, args.threads, None, bf16 | {"model": {"contrastive": "none"}})}
     rows = []
     for stage in [int(s) for s in args.stages.split(",")]:
         for name in args.variants.split(","):
             code, new, procs, threads, policy, *options = variants[name]
-            row = run(code, new, stage, args.data, args.docs, threads, procs, policy, *options) | {"variant": name}
+            row = run(code, new, stage, args.data, args.docs, threads, procs, policy, *(options or [None]),
+                      busy=args.busy, busy_after=args.busy_after) | {"variant": name}
             rows.append(row)
             print(f"stage {stage} {name:>11} {procs}x{threads}: {row['docs_per_s']:.2f} docs/s "
                   f"({row['train_seconds']:.1f} s, peak {row['peak_rss_mb']:.0f} MB, load {row['load_before']} -> "
@@ -212,6 +227,7 @@ def _measure(args: argparse.Namespace) -> None:
             saved = json.loads(out.read_text()) if out.exists() else {}
             saved.setdefault("runs", {})[args.tag] = {"docs": args.docs or "all", "threads": args.threads,
                                                       "data": args.data, "busy_loops": args.busy,
+                                                      "busy_after_s": args.busy_after,
                                                       "rows": rows}
             out.write_text(json.dumps(saved, indent=2) + "\n")
     print("\n| stage | variant | processes x threads | OMP_WAIT_POLICY | docs/s | vs old | train s | CPU s | "

@@ -43,11 +43,8 @@ def print_counts(counts: dict, quarantine: list, out=None, limit: int = 10) -> N
 
 def _train(args: argparse.Namespace) -> None:
     import os
-    import sys
-    # OpenMP reads its wait policy once, when torch loads: passive waiting keeps idle threads from
-    # spinning on cores another process needs (issue 27); an explicit setting in the environment wins
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP threads spin briefly between parallel regions (libgomp's default, much faster in a VM than
+    # passive waiting); under contention training drops to one thread (docre/training/cpu.py)
     from ..training.train import TrainConfig, train
     cfg = TrainConfig.from_yaml(args.config)
     updates = {k: v for k, v in {"out_dir": args.out_dir, "device": args.device, "nproc": args.nproc,

@@ -31,6 +31,7 @@ from ..data.tokenize import read_parquet_rows
 from .metrics import docred_doc_counts, docred_scores
 from ..model.docre_ii import DocREModel, ModelConfig
 from ..model.dropout import fast_dropout_in
+from .cpu import ThreadGovernor, available_cpus, choose_threads, retain_freed_memory
 
 
 class StageConfig(BaseModel):
@@ -68,6 +69,8 @@ class TrainConfig(BaseModel):
     # torch (its own generator); auto: fast on CPU, torch on CUDA; hash: the former name of fast
     dropout_masks: Literal["auto", "fast", "hash", "torch"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per process; None: from the CPUs available (choose_threads)
+    adapt_threads: bool = True  # CPU: one thread while other work competes for the cores (cpu.ThreadGovernor)
+    retain_memory: bool = True  # CPU, glibc: keep freed memory for reuse, no page faults per step (cpu.retain_freed_memory)
     nproc: int = Field(1, ge=1)  # data-parallel processes on this node (torchrun; gloo on CPU, NCCL on GPU, one GPU each)
     eval_iterations: list[int] = [0, 1, 2, 3]
     limit_train: int | None = None  # use only the first n training documents (smoke runs)
@@ -235,58 +238,7 @@ def _dropout_masks(model: DocREModel, device: torch.device, masks: str) -> conte
     return contextlib.nullcontext()
 
 
-# ------------------------------------------------------------------------------ threads and ranks
-def available_cpus() -> int:
-    """CPUs this process may actually use: its affinity mask, capped by a cgroup CPU quota.
-
-    `os.cpu_count()` is the host's count; a container limited by `cpu.max` (cgroup v2) or
-    `cpu.cfs_quota_us` (v1), or a process pinned by taskset, gets less, and torch's default of one
-    thread per host core then oversubscribes the cores it has."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    quota = None
-    try:
-        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if fields and fields[0] != "max":
-            quota = int(fields[0]) / int(fields[1])
-    except (OSError, ValueError, IndexError):
-        try:
-            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-            if q > 0 and p > 0:
-                quota = q / p
-        except (OSError, ValueError):
-            pass
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
-def choose_threads(requested: int | None, local_world: int = 1, load: float | None = None) -> int:
-    """Intra-op threads for one training process: `requested` if set, else its share of the
-    available CPUs (`available_cpus` / processes on this node), less the CPUs other work already
-    keeps busy (the 1-minute load average, `load`, measured before this process starts its own
-    work), never below one.
-
-    Why: on 2 shared cores a 2-thread training next to another busy job ran 6x slower than with one
-    thread (issue 27): OpenMP threads that spin-wait for a core another process holds stall every
-    parallel region. Fewer threads under contention, and passive waiting (`OMP_WAIT_POLICY=PASSIVE`,
-    set by `docre train` before torch loads), avoid it."""
-    if requested:
-        return requested
-    share = max(1, available_cpus() // max(1, local_world))
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
-    # a core counts as taken by other work once the load average per process is within 0.25 of it
-    busy = math.floor(load / max(1, local_world) + 0.25)
-    return max(1, share - busy)
-
-
+# ------------------------------------------------------------------------------ ranks
 @dataclass
 class Ranks:
     """This process's place in a data-parallel run (torchrun's environment; 1 process without it)."""
@@ -443,77 +395,93 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
                                               find_unused_parameters=True, broadcast_buffers=False)
     eval_k = [0] if stage == 1 else cfg.eval_iterations
     select_k = 0 if stage == 1 else model.config.iterations
-    for epoch in range(start_epoch, sc.epochs):
-        if stop_after_epochs is not None and epoch >= start_epoch + stop_after_epochs:
-            break
-        # resumable noise stream; with several ranks each draws its own noise and dropout masks
-        generator.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 1_000_003 * ranks.rank)
-        if W > 1:
-            torch.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 7919 * (ranks.rank + 1))
-        model.train()
-        everything = plan(True, rng.randrange(1 << 30))
-        batches = everything[ranks.rank::W]  # every rank the same count; a group of W is one length bucket
-        t0, n_docs, n_steps, losses = time.time(), 0, 0, []
-        progress = _Progress(cfg.progress and ranks.main, cfg.progress_seconds,
-                             f"stage {stage} epoch {epoch + 1}/{sc.epochs}", len(batches))
-        optimizer.zero_grad(set_to_none=True)
-        with _dropout_masks(model, device, cfg.dropout_masks):  # restored before evaluation and saving
-            for i, chunk in enumerate(batches):
-                batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
-                boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
-                # average over the micro-batches of this optimizer step (the last group may be shorter)
-                group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
-                with contextlib.ExitStack() as ctx:
-                    if W > 1 and not boundary:
-                        ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
-                    with _train_autocast(device, cfg.precision):
-                        loss, parts = step_module(batch, generator)
-                    (loss / group).backward()
-                losses.append(loss.item())
-                n_docs += len(chunk)
-                if boundary:
-                    n_steps += 1
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
-                if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
-                    on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
-                             "batches": len(batches), "loss": sum(losses) / len(losses),
-                             "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
-        progress.close()
-        loss_sum, loss_count, docs_all = _all_sum([sum(losses), len(losses), n_docs], device)
-        rank_steps = _per_rank(n_steps, device)
-        train_seconds = time.time() - t0
-        record = None
-        if ranks.main:  # evaluation runs once, on rank 0; the others wait for its record
-            scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
-            record = {"stage": stage, "epoch": epoch + 1, "loss": loss_sum / max(1, loss_count),
-                      "train_seconds": round(train_seconds, 1),
-                      "train_docs_per_s": round(docs_all / train_seconds, 2),
-                      "dev": scores, "peak_memory_mb": _peak_memory_mb(device),
-                      "precision": train_precision(device, cfg.precision)}
+    governor = None
+    if device.type == "cpu":
+        if cfg.retain_memory:
+            retain_freed_memory()
+        if cfg.adapt_threads and torch.get_num_threads() > 1:
+            governor = ThreadGovernor(torch.get_num_threads())
+    try:
+        for epoch in range(start_epoch, sc.epochs):
+            if stop_after_epochs is not None and epoch >= start_epoch + stop_after_epochs:
+                break
+            # resumable noise stream; with several ranks each draws its own noise and dropout masks
+            generator.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 1_000_003 * ranks.rank)
             if W > 1:
-                record["processes"], record["steps_per_rank"] = W, rank_steps
-            history.append(record)
-            f1 = scores[f"K{select_k}"]["f1"]
-            if f1 > best:
-                best = f1
-                model.save_pretrained(best_dir)
-            save_state(state_dir, model, optimizer, scheduler, epoch, best, history, rng)
-            (out / "history.json").write_text(json.dumps(history, indent=2))
-        record = _broadcast_json(record, device)
-        if not ranks.main:
-            history.append(record)
-            best = max(best, record["dev"][f"K{select_k}"]["f1"])
-            continue
-        if on_epoch:
-            on_epoch(record)
-        else:
-            print(json.dumps({k: v for k, v in record.items() if k != "dev"} |
-                             {f"dev_f1_K{k}": round(scores[f'K{k}']['f1'] * 100, 2) for k in eval_k}), flush=True)
-    return StageResult(stage, str(best_dir), best, history)
+                torch.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 7919 * (ranks.rank + 1))
+            model.train()
+            everything = plan(True, rng.randrange(1 << 30))
+            batches = everything[ranks.rank::W]  # every rank the same count; a group of W is one length bucket
+            t0, n_docs, n_steps, losses = time.time(), 0, 0, []
+            changes_before = len(governor.changes) if governor is not None else 0
+            progress = _Progress(cfg.progress and ranks.main, cfg.progress_seconds,
+                                 f"stage {stage} epoch {epoch + 1}/{sc.epochs}", len(batches))
+            optimizer.zero_grad(set_to_none=True)
+            with _dropout_masks(model, device, cfg.dropout_masks):  # restored before evaluation and saving
+                for i, chunk in enumerate(batches):
+                    batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
+                    boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
+                    # average over the micro-batches of this optimizer step (the last group may be shorter)
+                    group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
+                    with contextlib.ExitStack() as ctx:
+                        if W > 1 and not boundary:
+                            ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
+                        with _train_autocast(device, cfg.precision):
+                            loss, parts = step_module(batch, generator)
+                        (loss / group).backward()
+                    losses.append(loss.item())
+                    n_docs += len(chunk)
+                    if boundary:
+                        n_steps += 1
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if governor is not None:
+                        governor.tick()
+                    progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
+                    if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
+                        on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
+                                 "batches": len(batches), "loss": sum(losses) / len(losses),
+                                 "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
+            progress.close()
+            loss_sum, loss_count, docs_all = _all_sum([sum(losses), len(losses), n_docs], device)
+            rank_steps = _per_rank(n_steps, device)
+            train_seconds = time.time() - t0
+            record = None
+            if ranks.main:  # evaluation runs once, on rank 0; the others wait for its record
+                scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
+                record = {"stage": stage, "epoch": epoch + 1, "loss": loss_sum / max(1, loss_count),
+                          "train_seconds": round(train_seconds, 1),
+                          "train_docs_per_s": round(docs_all / train_seconds, 2),
+                          "dev": scores, "peak_memory_mb": _peak_memory_mb(device),
+                          "precision": train_precision(device, cfg.precision)}
+                if W > 1:
+                    record["processes"], record["steps_per_rank"] = W, rank_steps
+                if governor is not None and len(governor.changes) > changes_before:
+                    # [seconds since the stage started, threads] whenever other work came or went
+                    record["thread_changes"] = governor.changes[changes_before:]
+                history.append(record)
+                f1 = scores[f"K{select_k}"]["f1"]
+                if f1 > best:
+                    best = f1
+                    model.save_pretrained(best_dir)
+                save_state(state_dir, model, optimizer, scheduler, epoch, best, history, rng)
+                (out / "history.json").write_text(json.dumps(history, indent=2))
+            record = _broadcast_json(record, device)
+            if not ranks.main:
+                history.append(record)
+                best = max(best, record["dev"][f"K{select_k}"]["f1"])
+                continue
+            if on_epoch:
+                on_epoch(record)
+            else:
+                print(json.dumps({k: v for k, v in record.items() if k != "dev"} |
+                                 {f"dev_f1_K{k}": round(scores[f'K{k}']['f1'] * 100, 2) for k in eval_k}), flush=True)
+        return StageResult(stage, str(best_dir), best, history)
+    finally:
+        if governor is not None:
+            governor.close()  # the next stage starts from the same count
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -554,7 +522,7 @@ def _launch(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None) -> list[S
     """`cfg.nproc` data-parallel processes under torchrun, each running `docre train` on this config,
     from a process that is not one of them (the CLI's `--nproc`, the Prefect training task).
 
-    The children get `OMP_WAIT_POLICY=PASSIVE` and their share of the threads before torch loads.
+    The children get their share of the threads (OMP_NUM_THREADS) before torch loads.
     While they run, epoch records that rank 0 writes to each stage's history.json are passed to
     `on_epoch` as they appear (per-step callbacks stay in the children)."""
     out = Path(cfg.out_dir)
@@ -563,7 +531,6 @@ def _launch(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None) -> list[S
     path.write_text(cfg.model_copy(update={"nproc": 1}).model_dump_json(indent=2))
     threads = cfg.threads or max(1, available_cpus() // cfg.nproc)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
            "-m", "docre.cli", "train", str(path)]
     seen = {stage: len(_read_history(out / f"stage{stage}")) for stage in cfg.stages}
