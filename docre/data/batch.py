@@ -256,7 +256,9 @@ def training_batches(examples: list[Example], batch_size: int, shuffle: bool, se
     for c in range(0, len(order), chunk):
         cur: list[int] = []
         tok = 0
-        for i in sorted(order[c:c + chunk], key=lambda i: (lengths[i], i)):  # ascending: the newcomer is longest
+        # ascending, so the newcomer is the longest; equal lengths keep the shuffled order (a stable sort),
+        # so with no padding bound these are the former length buckets' batches, same seed, same batches
+        for i in sorted(order[c:c + chunk], key=lambda i: lengths[i]):
             if cur and (len(cur) >= batch_size or (len(cur) + 1) * lengths[i] > limit * (tok + lengths[i])
                         or (max_tokens and (len(cur) + 1) * lengths[i] > max_tokens)):
                 batches.append(cur)
