@@ -492,3 +492,28 @@ def test_a_checkpoint_and_state_written_before_the_training_speed_pass_load_and_
     assert result.history[0] == old_history[0]
     assert result.history[1]["loss"] < old_history[0]["loss"]  # it went on learning from where it stopped
     assert DocREModel.from_pretrained(run / "stage1" / "best").config == old.config
+
+
+def test_a_training_stage_under_contention_drops_to_one_thread_records_it_and_hands_the_threads_back(
+        dataset, tiny_encoder, tmp_path, monkeypatch):
+    """The governor as train_stage drives it, on made-up readings: our threads wait 5 s between any two
+    looks, so it drops to one thread at its first look and no core is ever idle to bring it back; the
+    epoch record says when, and the stage ends with the thread count it started with."""
+    import functools
+    import docre.training.train as T
+    waited = iter(range(0, 10_000, 5))
+    seen = []
+    monkeypatch.setattr(T, "ThreadGovernor", functools.partial(
+        T.ThreadGovernor, every=0.0, waiting=lambda: next(waited), idle=lambda: 0.0,
+        set_threads=lambda n: (seen.append(n), torch.set_num_threads(n))))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, history = stage1_weights(dataset, tiny_encoder, tmp_path / "run")
+        assert [n for _, n in history[0]["thread_changes"]] == [1]
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        _, fixed = stage1_weights(dataset, tiny_encoder, tmp_path / "fixed", adapt_threads=False)
+        assert "thread_changes" not in fixed[0] and seen == [1, 2]
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(before)

@@ -136,7 +136,7 @@ class ThreadGovernor:
         """Look at the machine if it is time; returns the new thread count when it changed it."""
         now = self.clock()
         dt = now - self.last
-        if dt < self.every or self.threads <= 1:
+        if dt <= 0 or dt < self.every or self.threads <= 1:
             return None
         wait, idle = self.waiting(), self.idle()
         wait_rate = (wait - self.last_wait) / dt if wait is not None and self.last_wait is not None else None

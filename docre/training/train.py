@@ -401,87 +401,85 @@ def train_stage(cfg: TrainConfig, stage: int, model: DocREModel, train: tuple, d
             retain_freed_memory()
         if cfg.adapt_threads and torch.get_num_threads() > 1:
             governor = ThreadGovernor(torch.get_num_threads())
-    try:
-        for epoch in range(start_epoch, sc.epochs):
-            if stop_after_epochs is not None and epoch >= start_epoch + stop_after_epochs:
-                break
-            # resumable noise stream; with several ranks each draws its own noise and dropout masks
-            generator.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 1_000_003 * ranks.rank)
+    for epoch in range(start_epoch, sc.epochs):
+        if stop_after_epochs is not None and epoch >= start_epoch + stop_after_epochs:
+            break
+        # resumable noise stream; with several ranks each draws its own noise and dropout masks
+        generator.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 1_000_003 * ranks.rank)
+        if W > 1:
+            torch.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 7919 * (ranks.rank + 1))
+        model.train()
+        everything = plan(True, rng.randrange(1 << 30))
+        batches = everything[ranks.rank::W]  # every rank the same count; a group of W is one length bucket
+        t0, n_docs, n_steps, losses = time.time(), 0, 0, []
+        changes_before = len(governor.changes) if governor is not None else 0
+        progress = _Progress(cfg.progress and ranks.main, cfg.progress_seconds,
+                             f"stage {stage} epoch {epoch + 1}/{sc.epochs}", len(batches))
+        optimizer.zero_grad(set_to_none=True)
+        with _dropout_masks(model, device, cfg.dropout_masks):  # restored before evaluation and saving
+            for i, chunk in enumerate(batches):
+                batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
+                boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
+                # average over the micro-batches of this optimizer step (the last group may be shorter)
+                group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
+                with contextlib.ExitStack() as ctx:
+                    if W > 1 and not boundary:
+                        ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
+                    with _train_autocast(device, cfg.precision):
+                        loss, parts = step_module(batch, generator)
+                    (loss / group).backward()
+                losses.append(loss.item())
+                n_docs += len(chunk)
+                if boundary:
+                    n_steps += 1
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if governor is not None:
+                    governor.tick()
+                progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
+                if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
+                    on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
+                             "batches": len(batches), "loss": sum(losses) / len(losses),
+                             "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
+        progress.close()
+        loss_sum, loss_count, docs_all = _all_sum([sum(losses), len(losses), n_docs], device)
+        rank_steps = _per_rank(n_steps, device)
+        train_seconds = time.time() - t0
+        record = None
+        if ranks.main:  # evaluation runs once, on rank 0; the others wait for its record
+            scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
+            record = {"stage": stage, "epoch": epoch + 1, "loss": loss_sum / max(1, loss_count),
+                      "train_seconds": round(train_seconds, 1),
+                      "train_docs_per_s": round(docs_all / train_seconds, 2),
+                      "dev": scores, "peak_memory_mb": _peak_memory_mb(device),
+                      "precision": train_precision(device, cfg.precision)}
             if W > 1:
-                torch.manual_seed(cfg.seed * 1000 + stage * 100 + epoch + 7919 * (ranks.rank + 1))
-            model.train()
-            everything = plan(True, rng.randrange(1 << 30))
-            batches = everything[ranks.rank::W]  # every rank the same count; a group of W is one length bucket
-            t0, n_docs, n_steps, losses = time.time(), 0, 0, []
-            changes_before = len(governor.changes) if governor is not None else 0
-            progress = _Progress(cfg.progress and ranks.main, cfg.progress_seconds,
-                                 f"stage {stage} epoch {epoch + 1}/{sc.epochs}", len(batches))
-            optimizer.zero_grad(set_to_none=True)
-            with _dropout_masks(model, device, cfg.dropout_masks):  # restored before evaluation and saving
-                for i, chunk in enumerate(batches):
-                    batch = collate(chunk, model.inventory, model.tokenizer.pad_token_id or 0).to(device)
-                    boundary = (i + 1) % sc.grad_accum == 0 or i + 1 == len(batches)
-                    # average over the micro-batches of this optimizer step (the last group may be shorter)
-                    group = min(sc.grad_accum, len(batches) - (i // sc.grad_accum) * sc.grad_accum)
-                    with contextlib.ExitStack() as ctx:
-                        if W > 1 and not boundary:
-                            ctx.enter_context(step_module.no_sync())  # gradients are averaged over ranks once per step
-                        with _train_autocast(device, cfg.precision):
-                            loss, parts = step_module(batch, generator)
-                        (loss / group).backward()
-                    losses.append(loss.item())
-                    n_docs += len(chunk)
-                    if boundary:
-                        n_steps += 1
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if governor is not None:
-                        governor.tick()
-                    progress.update(i + 1, n_docs * W, sum(losses) / len(losses))
-                    if on_step and ranks.main and step_every > 0 and ((i + 1) % step_every == 0 or i + 1 == len(batches)):
-                        on_step({"stage": stage, "epoch": epoch + 1, "epochs": sc.epochs, "batch": i + 1,
-                                 "batches": len(batches), "loss": sum(losses) / len(losses),
-                                 "docs_per_s": round(n_docs * W / max(time.time() - t0, 1e-9), 2)})
-            progress.close()
-            loss_sum, loss_count, docs_all = _all_sum([sum(losses), len(losses), n_docs], device)
-            rank_steps = _per_rank(n_steps, device)
-            train_seconds = time.time() - t0
-            record = None
-            if ranks.main:  # evaluation runs once, on rank 0; the others wait for its record
-                scores = evaluate(model, dev_ex, dev_docs, eval_k, train_docs, progress=False)
-                record = {"stage": stage, "epoch": epoch + 1, "loss": loss_sum / max(1, loss_count),
-                          "train_seconds": round(train_seconds, 1),
-                          "train_docs_per_s": round(docs_all / train_seconds, 2),
-                          "dev": scores, "peak_memory_mb": _peak_memory_mb(device),
-                          "precision": train_precision(device, cfg.precision)}
-                if W > 1:
-                    record["processes"], record["steps_per_rank"] = W, rank_steps
-                if governor is not None and len(governor.changes) > changes_before:
-                    # [seconds since the stage started, threads] whenever other work came or went
-                    record["thread_changes"] = governor.changes[changes_before:]
-                history.append(record)
-                f1 = scores[f"K{select_k}"]["f1"]
-                if f1 > best:
-                    best = f1
-                    model.save_pretrained(best_dir)
-                save_state(state_dir, model, optimizer, scheduler, epoch, best, history, rng)
-                (out / "history.json").write_text(json.dumps(history, indent=2))
-            record = _broadcast_json(record, device)
-            if not ranks.main:
-                history.append(record)
-                best = max(best, record["dev"][f"K{select_k}"]["f1"])
-                continue
-            if on_epoch:
-                on_epoch(record)
-            else:
-                print(json.dumps({k: v for k, v in record.items() if k != "dev"} |
-                                 {f"dev_f1_K{k}": round(scores[f'K{k}']['f1'] * 100, 2) for k in eval_k}), flush=True)
-        return StageResult(stage, str(best_dir), best, history)
-    finally:
-        if governor is not None:
-            governor.close()  # the next stage starts from the same count
+                record["processes"], record["steps_per_rank"] = W, rank_steps
+            if governor is not None and len(governor.changes) > changes_before:
+                # [seconds since the stage started, threads] whenever other work came or went
+                record["thread_changes"] = governor.changes[changes_before:]
+            history.append(record)
+            f1 = scores[f"K{select_k}"]["f1"]
+            if f1 > best:
+                best = f1
+                model.save_pretrained(best_dir)
+            save_state(state_dir, model, optimizer, scheduler, epoch, best, history, rng)
+            (out / "history.json").write_text(json.dumps(history, indent=2))
+        record = _broadcast_json(record, device)
+        if not ranks.main:
+            history.append(record)
+            best = max(best, record["dev"][f"K{select_k}"]["f1"])
+            continue
+        if on_epoch:
+            on_epoch(record)
+        else:
+            print(json.dumps({k: v for k, v in record.items() if k != "dev"} |
+                             {f"dev_f1_K{k}": round(scores[f'K{k}']['f1'] * 100, 2) for k in eval_k}), flush=True)
+    if governor is not None:
+        governor.close()  # the next stage starts from the same count (train() restores it on errors)
+    return StageResult(stage, str(best_dir), best, history)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
