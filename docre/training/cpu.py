@@ -111,9 +111,9 @@ class ThreadGovernor:
       thread-seconds per second (another job holds a core our spinning threads need), it drops to
       one thread;
     - with one thread, once `idle_needed` x (threads - 1) CPUs stood idle over the last look (room
-      for the threads it would add) and the current hold-off has passed, it goes back to `threads`. A return that meets contention again
-      within two looks doubles the hold-off (from `hold` up to `max_hold` seconds), so a machine
-      that stays busy is probed rarely.
+      for the threads it would add) and the current hold-off has passed, it goes back to `threads`.
+      A return that meets contention again within two looks doubles the hold-off (from `hold` up
+      to `max_hold` seconds), so a machine that stays busy is probed rarely.
     Where the kernel gives neither signal it never changes anything. The readers and the clock are
     parameters so the decisions can be tested on made-up readings."""
 
