@@ -465,7 +465,9 @@ def test_fast_dropout_masks_are_reproducible_and_are_the_ones_used(dataset, tiny
     a, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "a", dropout_masks="fast")
     b, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "b", dropout_masks="fast")
     c, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "c", dropout_masks="torch")
+    h, _ = stage1_weights(dataset, tiny_encoder, tmp_path / "h", dropout_masks="hash")  # the former name
     assert_same_weights(a, b)
+    assert_same_weights(a, h)
     with pytest.raises(AssertionError):
         assert_same_weights(a, c, atol=1e-7)
     # the encoder is handed back with torch's dropout and sdpa attention for evaluation and saving
