@@ -198,8 +198,8 @@ def _measure(args: argparse.Namespace) -> None:
     fp32 = {"precision": "fp32", "dropout_masks": "torch"}  # the arithmetic and random stream of the old code
     fast = {"precision": "fp32", "dropout_masks": "fast"}
     bf16 = {"precision": "bf16", "dropout_masks": "fast"}  # what `auto` picks on a CPU with AVX-512 BF16 or AMX
-    variants = {"old": (Path(args.old_code), False, 1, args.threads, None),
-                "old-passive": (Path(args.old_code), False, 1, args.threads, "PASSIVE"),
+    variants = {"old": (Path(args.old_code), False, 1, args.threads, None, None),
+                "old-passive": (Path(args.old_code), False, 1, args.threads, "PASSIVE", None),
                 "new": (ROOT, True, 1, args.threads, None, fp32),
                 "new-passive": (ROOT, True, 1, args.threads, "PASSIVE", fp32),
                 "new-NxT": (ROOT, True, args.threads, 1, None, fp32),
@@ -215,8 +215,8 @@ def _measure(args: argparse.Namespace) -> None:
     rows = []
     for stage in [int(s) for s in args.stages.split(",")]:
         for name in args.variants.split(","):
-            code, new, procs, threads, policy, *options = variants[name]
-            row = run(code, new, stage, args.data, args.docs, threads, procs, policy, *(options or [None]),
+            code, new, procs, threads, policy, options = variants[name]
+            row = run(code, new, stage, args.data, args.docs, threads, procs, policy, options,
                       busy=args.busy, busy_after=args.busy_after) | {"variant": name}
             rows.append(row)
             print(f"stage {stage} {name:>11} {procs}x{threads}: {row['docs_per_s']:.2f} docs/s "

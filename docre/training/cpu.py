@@ -17,6 +17,7 @@ Three measurements on 2-vCPU VMs (BENCHMARKS.md, "Training throughput") shaped t
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import time
@@ -170,6 +171,7 @@ class ThreadGovernor:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
+@functools.cache  # process-wide: once is enough
 def retain_freed_memory() -> bool:
     """Keep memory the process frees for its own reuse instead of returning it to the kernel
     (glibc: no mmap for large blocks, no trimming of the heap's top). Training allocates the same

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..data.batch import Example, collate, training_batches
 from ..data.document import Document
@@ -66,8 +66,8 @@ class TrainConfig(BaseModel):
     # training autocast; auto: bf16 on CUDA and on CPUs with bf16 dot-product instructions, else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # dropout masks: fast (docre.model.dropout, numpy's SFC64 bits, several times cheaper on CPU),
-    # torch (its own generator); auto: fast on CPU, torch on CUDA; hash: the former name of fast
-    dropout_masks: Literal["auto", "fast", "hash", "torch"] = "auto"
+    # torch (its own generator); auto: fast on CPU, torch on CUDA ("hash", the former name, reads as fast)
+    dropout_masks: Literal["auto", "fast", "torch"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per process; None: from the CPUs available (choose_threads)
     adapt_threads: bool = True  # CPU: one thread while other work competes for the cores (cpu.ThreadGovernor)
     retain_memory: bool = True  # CPU, glibc: keep freed memory for reuse, no page faults per step (cpu.retain_freed_memory)
@@ -77,6 +77,11 @@ class TrainConfig(BaseModel):
     limit_dev: int | None = None
     progress: bool = True  # a bar on a terminal, else a log line every progress_seconds
     progress_seconds: float = 60.0
+
+    @field_validator("dropout_masks", mode="before")
+    @classmethod
+    def _former_mask_name(cls, value):
+        return "fast" if value == "hash" else value
 
     @staticmethod
     def from_yaml(path: str) -> "TrainConfig":
@@ -233,7 +238,7 @@ def _train_autocast(device: torch.device, precision: str) -> torch.autocast:
 
 def _dropout_masks(model: DocREModel, device: torch.device, masks: str) -> contextlib.AbstractContextManager:
     """Fast dropout masks for the training batches of an epoch (a no-op context with torch's)."""
-    if masks in ("fast", "hash") or (masks == "auto" and device.type == "cpu"):
+    if masks == "fast" or (masks == "auto" and device.type == "cpu"):
         return fast_dropout_in(model, encoder=model.base.encoder.model)
     return contextlib.nullcontext()
 
